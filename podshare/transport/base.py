@@ -1,0 +1,137 @@
+"""The Transport protocol: three byte-level methods any wire can implement.
+
+A transport moves opaque ``bytes`` between processes on named topics. podshare's stores
+and callreply endpoints need nothing more::
+
+    class Transport(Protocol):
+        async def publish(self, topic: str, message: bytes) -> None: ...
+        def subscribe(self, topic: str) -> AsyncContextManager[AsyncIterator[bytes]]: ...
+        async def aclose(self) -> None: ...
+
+Contract (checked by :func:`podshare.testing.check_transport`):
+
+- ``publish`` delivers ``message`` to every live subscription of ``topic`` in every
+  process, *possibly including the publisher's own*; receivers filter by node id.
+  Delivery is at most once per subscription and may be lost on failure; podshare's
+  anti-entropy repairs losses. ``publish`` raises :class:`~podshare.exceptions.TransportError`
+  when it knows the message did not go out (not connected, refused), and
+  :class:`~podshare.exceptions.MessageTooLarge` for a message above ``max_message_size``.
+- ``subscribe`` returns an async context manager; entering it subscribes (messages
+  published after ``__aenter__`` returns are delivered), iterating yields messages in the
+  order this process received them, leaving it unsubscribes and stops delivery.
+- ``aclose`` releases everything; later calls raise :class:`~podshare.exceptions.ClosedError`.
+
+Optional extras, discovered with ``isinstance`` against the runtime-checkable protocols
+below:
+
+- :class:`GapReporting`: the transport tells listeners when messages may have been lost
+  (after a reconnect); stores then refresh by themselves.
+- ``max_message_size`` (an ``int`` attribute): the largest message ``publish`` accepts;
+  stores split their batches and sync chunks below it. Absent means
+  :data:`DEFAULT_MAX_MESSAGE_SIZE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "GapListeners",
+    "GapReporting",
+    "Transport",
+    "max_message_size",
+]
+
+#: The message size assumed for a transport that does not declare ``max_message_size``.
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves opaque messages between processes on named topics.
+
+    Implement these three methods (and, ideally, ``__aenter__``/``__aexit__``) to carry
+    podshare over any wire; :func:`podshare.testing.check_transport` verifies the result.
+    """
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        """Send ``message`` to every subscription of ``topic`` (at most once each)."""
+        ...
+
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Subscribe to ``topic``: an async context manager yielding the message iterator."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection and subscription; idempotent."""
+        ...
+
+
+@runtime_checkable
+class GapReporting(Protocol):
+    """A transport that reports gaps: moments after which messages may have been lost.
+
+    The listener is called synchronously from the transport's own task after it has
+    re-established delivery (for example after a reconnect and resubscribe). It must not
+    block; a store's listener only sets a flag that schedules a refresh.
+    """
+
+    def add_gap_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Register ``listener``; returns a function that unregisters it."""
+        ...
+
+
+class GapListeners:
+    """A small helper for transport authors: a set of gap listeners to notify.
+
+    Example:
+        >>> gaps = GapListeners()
+        >>> seen = []
+        >>> remove = gaps.add(lambda: seen.append("gap"))
+        >>> gaps.notify()
+        >>> remove(); gaps.notify()
+        >>> seen
+        ['gap']
+    """
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self) -> None:
+        self._listeners: dict[int, Callable[[], None]] = {}
+
+    def add(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Register ``listener`` and return its remover (safe to call twice)."""
+        token = id(listener) ^ len(self._listeners) << 48
+        while token in self._listeners:
+            token += 1
+        self._listeners[token] = listener
+
+        def remove() -> None:
+            self._listeners.pop(token, None)
+
+        return remove
+
+    def notify(self) -> None:
+        """Call every listener; one that raises does not stop the others."""
+        errors: list[BaseException] = []
+        for listener in list(self._listeners.values()):
+            try:
+                listener()
+            except Exception as exc:  # reported after every listener ran
+                errors.append(exc)
+        if errors:
+            raise ExceptionGroup("gap listener failed", errors)  # type: ignore[type-var]
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+
+def max_message_size(transport: object) -> int:
+    """The largest message ``transport`` accepts (its attribute, or the default)."""
+    size = getattr(transport, "max_message_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    return DEFAULT_MAX_MESSAGE_SIZE
