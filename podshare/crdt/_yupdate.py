@@ -1,0 +1,422 @@
+"""Reading Yjs v1 binary encodings: state vectors, delete sets, and a scan of item contents.
+
+pycrdt exposes updates only as opaque bytes. :class:`~podshare.crdt.ydoc.YDoc` needs three
+facts Yrs does not give it: which deletes in an update could not be applied yet, the
+encoded delete set of a pending-only update in a canonical order, and whether an update
+holds plain ``dict`` values, which Yrs encodes in its hash map's random key order (so two
+encodings of one document would differ and replica digests would never agree).
+
+The format is lib0's (https://github.com/yjs/yjs/blob/main/src/utils/encoding.js):
+variable-length unsigned ints, length-prefixed strings and buffers, and the ``Any``
+encoding with one tag byte per value. Every reader checks bounds and raises
+:class:`ValueError` on malformed input; callers map it to a podshare exception.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DeleteSet",
+    "Struct",
+    "delete_set_update",
+    "encode_state_vector",
+    "encode_structs",
+    "has_unordered_map",
+    "parse_delete_set",
+    "parse_state_vector",
+    "parse_update",
+    "split_delete_set",
+]
+
+#: client id -> sorted, non-overlapping ``(clock, length)`` ranges of deleted items.
+DeleteSet = dict[int, list[tuple[int, int]]]
+
+# lib0 ``Any`` tags.
+_UNDEFINED, _NULL, _VARINT, _F32, _F64, _BIGINT = 127, 126, 125, 124, 123, 122
+_FALSE, _TRUE, _STRING, _OBJECT, _ARRAY, _BUFFER = 121, 120, 119, 118, 117, 116
+# Item content refs (the low 5 bits of a struct's info byte).
+_GC, _DELETED, _JSON, _BINARY, _STR, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
+_XML_ELEMENT, _XML_HOOK = 3, 5
+_MAX_DEPTH = 256
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def u8(self) -> int:
+        if self.pos >= len(self.data):
+            raise ValueError("unexpected end of update")
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def uint(self) -> int:
+        result = shift = 0
+        while True:
+            b = self.u8()
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+            if shift > 70:  # lib0 writes at most 53 bits; refuse runaway continuations
+                raise ValueError("variable-length int too long")
+
+    def skip_varint(self) -> None:
+        for _ in range(11):
+            if self.u8() < 0x80:
+                return
+        raise ValueError("variable-length int too long")
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise ValueError("unexpected end of update")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def string(self) -> str:
+        return self.take(self.uint()).decode("utf-8")
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+def parse_state_vector(sv: bytes) -> dict[int, int]:
+    """Decode an encoded state vector into ``{client: clock}``."""
+    r = _Reader(sv)
+    out: dict[int, int] = {}
+    for _ in range(r.uint()):
+        client = r.uint()
+        out[client] = r.uint()
+    return out
+
+
+def parse_delete_set(data: bytes, pos: int = 0) -> DeleteSet:
+    """Decode a delete set starting at ``pos`` (ranges sorted and merged)."""
+    r = _Reader(data, pos)
+    ds: DeleteSet = {}
+    for _ in range(r.uint()):
+        client = r.uint()
+        ranges = ds.setdefault(client, [])
+        for _ in range(r.uint()):
+            clock = r.uint()
+            length = r.uint()
+            if length:
+                ranges.append((clock, length))
+    return {client: _normalise(ranges) for client, ranges in ds.items() if ranges}
+
+
+def _normalise(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for clock, length in sorted(ranges):
+        if out and clock <= out[-1][0] + out[-1][1]:
+            start, prev = out[-1]
+            out[-1] = (start, max(prev, clock + length - start))
+        else:
+            out.append((clock, length))
+    return out
+
+
+def _uint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_state_vector(sv: dict[int, int]) -> bytes:
+    """Encode a state vector ``{client: clock}`` (clients in descending order)."""
+    entries = [(client, clock) for client, clock in sv.items() if clock]
+    parts = [_uint(len(entries))]
+    parts.extend(_uint(client) + _uint(clock) for client, clock in sorted(entries, reverse=True))
+    return b"".join(parts)
+
+
+def delete_set_update(ds: DeleteSet) -> bytes:
+    """Encode an update with no structs and delete set ``ds``, in one canonical order."""
+    parts = [b"\x00", _uint(len(ds))]
+    for client in sorted(ds, reverse=True):
+        ranges = _normalise(ds[client])
+        parts.append(_uint(client) + _uint(len(ranges)))
+        parts.extend(_uint(clock) + _uint(length) for clock, length in ranges)
+    return b"".join(parts)
+
+
+def has_unordered_map(update: bytes) -> bool:
+    """True if ``update`` holds a plain map of two or more keys (encoded in random order).
+
+    Such maps come from plain ``dict`` values (``Any`` objects) and from JSON embeds or
+    format attributes; shared ``pycrdt.Map`` types are items of their own and are fine.
+    """
+    r = _Reader(update)
+    for _ in range(r.uint()):
+        structs = r.uint()
+        r.uint()  # client
+        r.uint()  # clock
+        for _ in range(structs):
+            if _item_has_unordered_map(r):
+                return True
+    return False
+
+
+def _item_has_unordered_map(r: _Reader) -> bool:
+    info = r.u8()
+    ref = info & 0x1F
+    if ref in (_GC, _SKIP):
+        r.uint()
+        return False
+    if info & 0x80:  # origin
+        r.uint()
+        r.uint()
+    if info & 0x40:  # right origin
+        r.uint()
+        r.uint()
+    if info & 0xC0 == 0:  # no origins: the parent is written out
+        if r.uint() == 1:
+            r.string()  # a root type's name
+        else:
+            r.uint()
+            r.uint()
+        if info & 0x20:
+            r.string()  # parent sub (a map key)
+    if ref == _DELETED:
+        r.uint()
+    elif ref == _JSON:
+        return any(_json_has_unordered_map(r.string()) for _ in range(r.uint()))
+    elif ref == _BINARY:
+        r.take(r.uint())
+    elif ref == _STR:
+        r.string()
+    elif ref == _EMBED:
+        return _json_has_unordered_map(r.string())
+    elif ref == _FORMAT:
+        r.string()
+        return _json_has_unordered_map(r.string())
+    elif ref == _TYPE:
+        if r.uint() in (_XML_ELEMENT, _XML_HOOK):
+            r.string()
+    elif ref == _ANY:
+        found = False
+        for _ in range(r.uint()):
+            found = _any_has_unordered_map(r, 0) or found
+        return found
+    elif ref == _DOC:
+        r.string()
+        _any_has_unordered_map(r, 0)  # subdocument options: not content
+    else:
+        raise ValueError(f"unknown item content {ref}")
+    return False
+
+
+def _any_has_unordered_map(r: _Reader, depth: int) -> bool:
+    if depth > _MAX_DEPTH:
+        raise ValueError("values nest too deep")
+    tag = r.u8()
+    if tag in (_UNDEFINED, _NULL, _FALSE, _TRUE):
+        return False
+    if tag == _VARINT:
+        r.skip_varint()
+    elif tag == _F32:
+        r.take(4)
+    elif tag in (_F64, _BIGINT):
+        r.take(8)
+    elif tag == _STRING:
+        r.string()
+    elif tag == _BUFFER:
+        r.take(r.uint())
+    elif tag == _OBJECT:
+        n = r.uint()
+        found = n > 1
+        for _ in range(n):
+            r.string()
+            found = _any_has_unordered_map(r, depth + 1) or found
+        return found
+    elif tag == _ARRAY:
+        found = False
+        for _ in range(r.uint()):
+            found = _any_has_unordered_map(r, depth + 1) or found
+        return found
+    else:
+        raise ValueError(f"unknown value tag {tag}")
+    return False
+
+
+def _json_has_unordered_map(text: str) -> bool:
+    if text == "undefined":
+        return False
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return _plain_has_unordered_map(value, 0)
+
+
+def _plain_has_unordered_map(value: Any, depth: int) -> bool:
+    if depth > _MAX_DEPTH:
+        return True
+    if isinstance(value, dict):
+        return len(value) > 1 or any(_plain_has_unordered_map(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_plain_has_unordered_map(v, depth + 1) for v in value)
+    return False
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Struct:
+    """One encoded struct of an update: where it sits, what it needs, and its bytes.
+
+    ``deps`` are the ids (client, clock) that must be integrated before this struct can
+    be: its origin, right origin and parent item. ``raw`` is the struct's encoding (info
+    byte to end of content), which is self-contained in the v1 format, so structs can be
+    regrouped into new updates without decoding their content.
+    """
+
+    client: int
+    clock: int
+    length: int
+    raw: bytes
+    deps: tuple[tuple[int, int], ...]
+
+    @property
+    def end(self) -> int:
+        """The clock after this struct."""
+        return self.clock + self.length
+
+
+def parse_update(update: bytes) -> tuple[list[Struct], DeleteSet]:
+    """Split a v1 update into its structs (skips dropped) and its delete set."""
+    r = _Reader(update)
+    structs: list[Struct] = []
+    for _ in range(r.uint()):
+        count = r.uint()
+        client = r.uint()
+        clock = r.uint()
+        for _ in range(count):
+            start = r.pos
+            info = r.u8()
+            ref = info & 0x1F
+            if ref == _SKIP:
+                clock += r.uint()
+                continue
+            deps: list[tuple[int, int]] = []
+            if ref == _GC:
+                length = r.uint()
+            else:
+                if info & 0x80:
+                    deps.append((r.uint(), r.uint()))
+                if info & 0x40:
+                    deps.append((r.uint(), r.uint()))
+                if info & 0xC0 == 0:
+                    if r.uint() == 1:
+                        r.string()
+                    else:
+                        deps.append((r.uint(), r.uint()))
+                    if info & 0x20:
+                        r.string()
+                length = _content_length(r, ref)
+            if length <= 0:
+                raise ValueError("a struct of length 0")
+            structs.append(Struct(client, clock, length, update[start : r.pos], tuple(deps)))
+            clock += length
+    return structs, parse_delete_set(update, r.pos)
+
+
+def _content_length(r: _Reader, ref: int) -> int:
+    """Read an item's content; return its length in clock units (Yjs's, UTF-16 for text)."""
+    if ref == _DELETED:
+        return r.uint()
+    if ref == _JSON:
+        n = r.uint()
+        for _ in range(n):
+            r.string()
+        return n
+    if ref == _BINARY:
+        r.take(r.uint())
+    elif ref == _STR:
+        return len(r.string().encode("utf-16-le")) // 2
+    elif ref == _EMBED:
+        r.string()
+    elif ref == _FORMAT:
+        r.string()
+        r.string()
+    elif ref == _TYPE:
+        if r.uint() in (_XML_ELEMENT, _XML_HOOK):
+            r.string()
+    elif ref == _ANY:
+        n = r.uint()
+        for _ in range(n):
+            _any_has_unordered_map(r, 0)
+        return n
+    elif ref == _DOC:
+        r.string()
+        _any_has_unordered_map(r, 0)
+    else:
+        raise ValueError(f"unknown item content {ref}")
+    return 1
+
+
+def encode_structs(structs: Iterable[Struct], ds: DeleteSet | None = None) -> list[bytes]:
+    """Encode structs (and a delete set) as few v1 updates, in one canonical order.
+
+    Identical structs are kept once; gaps in a client's clocks become skips. Structs that
+    overlap others of their client (the same items split differently) go to a further
+    update, since one update holds one run of clocks per client. The delete set travels
+    with the first update.
+    """
+    layers: list[dict[int, list[Struct]]] = []
+    for struct in sorted(set(structs)):
+        for layer in layers:
+            run = layer.setdefault(struct.client, [])
+            if not run or run[-1].end <= struct.clock:
+                run.append(struct)
+                break
+        else:
+            layers.append({struct.client: [struct]})
+    out: list[bytes] = []
+    for layer in layers or [{}]:
+        runs = {client: run for client, run in layer.items() if run}
+        parts = [_uint(len(runs))]
+        for client in sorted(runs, reverse=True):
+            run = runs[client]
+            body: list[bytes] = []
+            count = 0
+            clock = run[0].clock
+            for struct in run:
+                if struct.clock > clock:
+                    body.append(bytes([_SKIP]) + _uint(struct.clock - clock))
+                    count += 1
+                body.append(struct.raw)
+                count += 1
+                clock = struct.end
+            parts.append(_uint(count) + _uint(client) + _uint(run[0].clock))
+            parts.extend(body)
+        parts.append(b"\x00" if out or not ds else delete_set_update(ds)[1:])
+        out.append(b"".join(parts))
+    return out
+
+
+def split_delete_set(ds: DeleteSet, sv: dict[int, int]) -> tuple[DeleteSet, DeleteSet]:
+    """Split ``ds`` into the deletes of items below state ``sv`` and the rest."""
+    now: DeleteSet = {}
+    later: DeleteSet = {}
+    for client, ranges in ds.items():
+        known = sv.get(client, 0)
+        for clock, length in ranges:
+            end = clock + length
+            if clock < known:
+                now.setdefault(client, []).append((clock, min(end, known) - clock))
+            if end > known:
+                start = max(clock, known)
+                later.setdefault(client, []).append((start, end - start))
+    return now, later
