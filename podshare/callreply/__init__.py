@@ -1,0 +1,13 @@
+"""callreply: call whichever pod owns a target (a websocket connection, say).
+
+Only a small route ``target -> node`` is replicated; the target itself never moves.
+See :class:`Endpoint`.
+"""
+
+from __future__ import annotations
+
+from podshare.callreply.endpoint import Endpoint as Endpoint
+from podshare.callreply.endpoint import EndpointStats as EndpointStats
+from podshare.callreply.endpoint import Handler as Handler
+
+__all__ = ["Endpoint", "EndpointStats", "Handler"]
