@@ -111,8 +111,14 @@ class StoreRoutes:
         elif kind is EventKind.NODE_UP:
             self._known_alive.add(key)
         elif key in self._claimed:
-            if kind is EventKind.SET and value != self._node_id:
-                # A newer claim elsewhere: the target moved; do not fight over it.
+            if (
+                kind is EventKind.SET
+                and value != self._node_id
+                and self.store.get(key) != self._node_id
+            ):
+                # A newer claim elsewhere: the target moved; do not fight over it. An older
+                # claim's event still buffered after our own claim landed says nothing:
+                # the store (the newest stamp) still names us.
                 self._claimed.discard(key)
             elif kind is EventKind.DELETE and origin != self._node_id:
                 self._want_reclaim(key)

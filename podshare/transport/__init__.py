@@ -1,0 +1,50 @@
+"""Transports: how podshare's messages travel between processes.
+
+``Transport`` is the protocol; each implementation lives in its own module.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from podshare.transport.base import GapListeners as GapListeners
+from podshare.transport.base import GapReporting as GapReporting
+from podshare.transport.base import Transport as Transport
+from podshare.transport.discovery import DNSDiscoverer as DNSDiscoverer
+from podshare.transport.memory import FaultPlan as FaultPlan
+from podshare.transport.memory import MemoryNetwork as MemoryNetwork
+from podshare.transport.memory import MemoryTransport as MemoryTransport
+from podshare.transport.memory import MemoryTransportStats as MemoryTransportStats
+from podshare.transport.tcp import PeerConnection as PeerConnection
+from podshare.transport.tcp import TcpStats as TcpStats
+from podshare.transport.tcp import TcpTransport as TcpTransport
+
+__all__ = [
+    "DNSDiscoverer",
+    "FaultPlan",
+    "GapListeners",
+    "GapReporting",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "MemoryTransportStats",
+    "PeerConnection",
+    "RedisStatistics",
+    "RedisTransport",
+    "TcpStats",
+    "TcpTransport",
+    "Transport",
+]
+
+if TYPE_CHECKING:
+    from podshare.transport.redis import RedisStatistics as RedisStatistics
+    from podshare.transport.redis import RedisTransport as RedisTransport
+
+
+def __getattr__(name: str) -> object:
+    # The Redis transport needs the optional ``redis`` extra: import it on first use, so
+    # ``import podshare.transport`` works without redis-py installed.
+    if name in ("RedisTransport", "RedisStatistics"):
+        from podshare.transport import redis
+
+        return getattr(redis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,149 @@
+"""Store options: every bad option raises ConfigurationError naming it; good ones pass."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from podshare.crdt import GSet, PNCounter
+from podshare.exceptions import ClosedError, ConfigurationError
+from podshare.store import Store
+from podshare.transport import MemoryTransport
+
+
+@dataclass(frozen=True)
+class Config:
+    rate_limit: int
+
+
+class MaxMerger:
+    def merge(self, a: int, b: int) -> int:
+        return max(a, b)
+
+
+@pytest.fixture
+def tr() -> MemoryTransport:
+    # Constructing a store never touches the transport, so it need not be open.
+    return MemoryTransport()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("node_id", ""),
+        ("node_id", "a#b"),
+        ("node_id", 5),
+        ("node_id", "x" * 257),
+        ("codec", "yaml"),
+        ("codec", 42),
+        ("on_error", "print"),
+        ("logger", "podshare"),
+        ("merger", object()),
+        ("watch_buffer", 0),
+        ("watch_buffer", 2.5),
+        ("watch_buffer", True),
+        ("tombstone_ttl", 0),
+        ("tombstone_ttl", -1.0),
+        ("tombstone_ttl", math.inf),
+        ("tombstone_ttl", "1"),
+        ("compaction_interval", 0),
+        ("compaction_interval", math.nan),
+        ("hydrate_timeout", -0.1),
+        ("hydrate_timeout", None),
+        ("max_clock_skew", 0),
+        ("anti_entropy_interval", -5),
+        ("anti_entropy_interval", False),
+        ("heartbeat_interval", 0),
+        ("down_after", 0),
+    ],
+)
+def test_bad_option_is_named(tr: MemoryTransport, option: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=option):
+        Store("app", tr, **{option: value})
+
+
+@pytest.mark.parametrize("name", ["", "a#b", "x" * 201, None, 3])
+def test_bad_name_is_named(tr: MemoryTransport, name: Any) -> None:
+    with pytest.raises(ConfigurationError, match="name"):
+        Store(name, tr)
+
+
+def test_bad_transport_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="transport"):
+        Store("app", object())  # type: ignore[arg-type]
+
+
+def test_down_after_must_exceed_heartbeat_interval(tr: MemoryTransport) -> None:
+    with pytest.raises(ConfigurationError, match="down_after"):
+        Store("app", tr, heartbeat_interval=2.0, down_after=2.0)
+
+
+def test_unsupported_type_is_named(tr: MemoryTransport) -> None:
+    with pytest.raises(ConfigurationError, match="type"):
+        Store("app", tr, type=object)
+
+
+def test_conflicting_type_parameter_and_option(tr: MemoryTransport) -> None:
+    with pytest.raises(ConfigurationError, match="type"):
+        Store[Config]("app", tr, type=int)
+    assert Store[Config]("app", tr, type=Config).value_type is Config
+
+
+def test_good_options_are_accepted(tr: MemoryTransport) -> None:
+    store = Store(
+        "app",
+        tr,
+        node_id="pod-1",
+        codec="msgpack",
+        on_error=print,
+        logger=logging.getLogger("test"),
+        watch_buffer=1,
+        tombstone_ttl=0.5,
+        compaction_interval=1,
+        hydrate_timeout=0,
+        max_clock_skew=1,
+        anti_entropy_interval=0.25,
+        heartbeat_interval=0.1,
+        down_after=0.3,
+    )
+    assert store.node_id == "pod-1"
+    assert store.name == "app"
+    assert store.value_type is None
+
+
+def test_default_node_ids_are_unique(tr: MemoryTransport) -> None:
+    ids = {Store("app", tr).node_id for _ in range(50)}
+    assert len(ids) == 50
+    assert all(ids)
+    assert not any("#" in i for i in ids)
+
+
+def test_class_getitem() -> None:
+    assert Store[Config] is Store[Config]
+    assert Store[Config] is not Store[int]
+    assert issubclass(Store[Config], Store)
+    assert Store[Config].__name__ == "Store[Config]"
+
+
+def test_type_with_merge_method_is_its_own_merger(tr: MemoryTransport) -> None:
+    assert Store[GSet[str]]("tags", tr)._merger is not None
+    assert Store("hits", tr, type=PNCounter)._merger is not None
+    assert Store[int]("plain", tr)._merger is None
+    assert Store("custom", tr, type=int, merger=MaxMerger())._merger is not None  # type: ignore[arg-type]
+
+
+def test_unopened_store_refuses_use(tr: MemoryTransport) -> None:
+    store = Store("app", tr)
+    with pytest.raises(ClosedError):
+        store.get("k")
+    with pytest.raises(ClosedError):
+        store["k"]
+    with pytest.raises(ClosedError):
+        store.watch()
+    with pytest.raises(ClosedError):
+        store.snapshot()
+    assert store.stats().keys == 0
