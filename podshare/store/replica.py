@@ -1164,6 +1164,12 @@ class Replica(Generic[T]):
                 wire.SyncData(self.node_id, req.sync_id, 0, 1, True, self._lineage, 1, None, ()),
             )
             return
+        # Answering is contact: the exchange is bidirectional (the requester pushes back
+        # what we lack), so the first-contact rule in _heard must not start another one
+        # with the same peer (after a hydration it would digest every key twice more).
+        info = self._peers.get(to)
+        if info is not None:
+            info.last_sync = self._now
         if req.full:
             buckets: list[int] | None = None
             selected: Iterable[tuple[str, _Entry]] = self._entries.items()

@@ -700,3 +700,20 @@ def test_data_events_only_when_the_driver_wants_them(data_events: bool) -> None:
     assert len(b.values) == 48
     assert kinds(events) == (["SET"] * 49 + ["DELETE"] if data_events else [])
     assert "a" in [ev.key for ev in events if ev.kind is EventKind.NODE_UP]  # still told
+
+
+def test_serving_a_hydration_counts_as_contact_so_no_second_exchange_follows() -> None:
+    # Regression: "a" answered "new"'s hydration, then the first-contact rule (the lower
+    # id asks) made "a" start a full digest exchange with "new" at once, digesting every
+    # key twice more; hydrating 100k keys took 1.1 s instead of 0.66 s.
+    net = cluster("a")
+    a = net.replica("a")
+    for i in range(50):
+        a.local_set(f"k{i}", i, net.now)
+    net.settle()
+    net.add("new")
+    net.settle()
+    net.settle(4 * OPTS.heartbeat_interval_ms)  # heartbeats: both synced, first contact
+    assert net.replica("new").values == a.values
+    assert a.counters.refreshes == 0, "the responder started a redundant exchange"
+    assert net.replica("new").counters.refreshes == 1
