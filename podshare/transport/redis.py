@@ -12,15 +12,18 @@ when it is built outside any event loop, ``async with``) raises
 :class:`~podshare.exceptions.ConfigurationError`. Install it with the ``redis`` extra
 (``pip install podshare[redis]``).
 
-Example:
-    >>> import anyio
-    >>> from podshare import Store
-    >>> from podshare.transport import RedisTransport
-    >>> async def main() -> None:  # doctest: +SKIP
-    ...     async with RedisTransport("redis://localhost:6379/0") as tr:
-    ...         async with Store[int]("counts", tr) as store:
-    ...             await store.set("a", 1)
-    >>> anyio.run(main, backend="asyncio")  # doctest: +SKIP
+Example (needs a Redis server, so it is not run as a doctest)::
+
+    import anyio
+    from podshare import Store
+    from podshare.transport import RedisTransport
+
+    async def main() -> None:
+        async with RedisTransport("redis://localhost:6379/0") as tr:
+            async with Store[int]("counts", tr) as store:
+                await store.set("a", 1)
+
+    anyio.run(main, backend="asyncio")
 """
 
 from __future__ import annotations
@@ -193,14 +196,14 @@ class RedisTransport:
     Messages are delivered as received, without size checks (a store's decoder applies its
     own caps).
 
-    Example:
-        >>> async def main() -> None:  # doctest: +SKIP
-        ...     async with RedisTransport("redis://localhost:6379/0") as tr:
-        ...         async with tr.subscribe("greetings") as messages:
-        ...             await tr.publish("greetings", b"hello")
-        ...             async for message in messages:
-        ...                 print(message)
-        ...                 break
+    Example (needs a Redis server)::
+
+        async with RedisTransport("redis://localhost:6379/0") as tr:
+            async with tr.subscribe("greetings") as messages:
+                await tr.publish("greetings", b"hello")
+                async for message in messages:
+                    print(message)
+                    break
     """
 
     def __init__(
