@@ -141,6 +141,18 @@ def _parse(blob: bytes) -> tuple[list[_yupdate.Struct], _yupdate.DeleteSet]:
         raise DecodeError(f"not a valid Yjs update: {exc}") from exc
 
 
+def _parse_all(blobs: Iterable[bytes]) -> tuple[list[_yupdate.Struct], _yupdate.DeleteSet]:
+    """The structs of every update in ``blobs``, and their delete sets merged."""
+    structs: list[_yupdate.Struct] = []
+    ds: _yupdate.DeleteSet = {}
+    for blob in blobs:
+        blob_structs, blob_ds = _parse(blob)
+        structs.extend(blob_structs)
+        for client, ranges in blob_ds.items():
+            ds.setdefault(client, []).extend(ranges)
+    return structs, ds
+
+
 def _settle(
     doc: pycrdt.Doc[Any], structs: list[_yupdate.Struct], ds: _yupdate.DeleteSet
 ) -> tuple[bytes, ...]:
@@ -387,14 +399,7 @@ class YDoc:
             return cls._make(doc, canon=doc.get_update() if len(parts) == 1 else None)
         # Something waits for dependencies: redo it cleanly, struct by struct.
         doc = _new_doc()
-        structs: list[_yupdate.Struct] = []
-        ds: _yupdate.DeleteSet = {}
-        for part in parts:
-            part_structs, part_ds = _parse(part)
-            structs.extend(part_structs)
-            for client, ranges in part_ds.items():
-                ds.setdefault(client, []).extend(ranges)
-        pending = _settle(doc, structs, ds)
+        pending = _settle(doc, *_parse_all(parts))
         return cls._make(doc, pending)
 
     @classmethod
@@ -408,14 +413,7 @@ class YDoc:
         blobs = [p for p in pending if p]
         result: tuple[bytes, ...] = ()
         if blobs:
-            structs: list[_yupdate.Struct] = []
-            ds: _yupdate.DeleteSet = {}
-            for blob in blobs:
-                blob_structs, blob_ds = _parse(blob)
-                structs.extend(blob_structs)
-                for client, ranges in blob_ds.items():
-                    ds.setdefault(client, []).extend(ranges)
-            result = _settle(doc, structs, ds)
+            result = _settle(doc, *_parse_all(blobs))
         return cls._make(doc, result, parents)
 
     def _bytes(self) -> bytes:

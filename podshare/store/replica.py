@@ -437,8 +437,32 @@ class Replica(Generic[T]):
             return self._local_merge(key, value)
         data = self.codec.encode(value)
         self._check_size(key, data)
+        return self._local_put(key, value, data, EPHEMERAL if ephemeral else 0)
+
+    def local_set_many(self, items: Sequence[tuple[str, T]], now: int) -> list[Event[T]]:
+        """:meth:`local_set` for several keys, all validated before any is applied.
+
+        Raises :class:`~podshare.exceptions.InvalidValue` (nothing changed) when a value
+        is refused by the codec or too large for one message.
+        """
+        self._now = now
+        if self.merger is not None:
+            # A merge ships a delta, encoded when applied; check every value first.
+            for _, value in items:
+                self.codec.encode(value)
+            return [event for key, value in items for event in self._local_merge(key, value)]
+        encoded = []
+        for key, value in items:
+            data = self.codec.encode(value)
+            self._check_size(key, data)
+            encoded.append((key, value, data))
+        return [
+            event for key, value, data in encoded for event in self._local_put(key, value, data, 0)
+        ]
+
+    def _local_put(self, key: str, value: T, data: bytes, flags: int) -> list[Event[T]]:
+        """Apply and queue a last-writer-wins write whose value is already encoded."""
         stamp = self._clock.now()
-        flags = EPHEMERAL if ephemeral else 0
         old = self._entries.get(key)
         self._put(key, _Entry(value, data, stamp, None, flags), old)
         self._pending[key] = (make_entry(key, stamp, flags, data, None), None)

@@ -236,8 +236,8 @@ class Writes:
 
 
 @dataclass(frozen=True, slots=True)
-class Hello:
-    """A replica announcing itself; peers answer with a :class:`Heartbeat` to its inbox.
+class _Presence:
+    """What :class:`Hello` and :class:`Heartbeat` carry.
 
     Attributes:
         incarnation: the wall-clock ms at which this replica started (a restart with the
@@ -256,17 +256,13 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Periodic liveness (broadcast), or a hello's answer (to the new replica's inbox).
+class Hello(_Presence):
+    """A replica announcing itself; peers answer with a :class:`Heartbeat` to its inbox."""
 
-    Same fields as :class:`Hello`.
-    """
 
-    sender: str
-    incarnation: int
-    synced: bool
-    lineage: int
-    keys: int
+@dataclass(frozen=True, slots=True)
+class Heartbeat(_Presence):
+    """Periodic liveness (broadcast), or a hello's answer (to the new replica's inbox)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -717,3 +717,16 @@ def test_serving_a_hydration_counts_as_contact_so_no_second_exchange_follows() -
     assert net.replica("new").values == a.values
     assert a.counters.refreshes == 0, "the responder started a redundant exchange"
     assert net.replica("new").counters.refreshes == 1
+
+
+def test_set_many_validates_every_value_before_applying_any() -> None:
+    r = replica(max_message_size=2048)
+    with pytest.raises(InvalidValue, match="limit of one message"):
+        r.local_set_many([("small", 1), ("huge", "x" * 4096)], T0)
+    assert r.values == {}
+    assert r.take_outgoing() == []
+    with pytest.raises(InvalidValue):
+        replica(value_type=GSet).local_set_many([("a", GSet([1])), ("b", 3)], T0)
+    events = r.local_set_many([("a", 1), ("b", 2)], T0)
+    assert [(ev.key, ev.value) for ev in events] == [("a", 1), ("b", 2)]
+    assert r.values == {"a": 1, "b": 2}
