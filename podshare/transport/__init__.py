@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from podshare.transport.base import ClusterReadiness as ClusterReadiness
 from podshare.transport.base import GapListeners as GapListeners
 from podshare.transport.base import GapReporting as GapReporting
+from podshare.transport.base import SubscriberCounting as SubscriberCounting
 from podshare.transport.base import Transport as Transport
 from podshare.transport.discovery import DNSDiscoverer as DNSDiscoverer
 from podshare.transport.memory import FaultPlan as FaultPlan
@@ -20,6 +22,7 @@ from podshare.transport.tcp import TcpStats as TcpStats
 from podshare.transport.tcp import TcpTransport as TcpTransport
 
 __all__ = [
+    "ClusterReadiness",
     "DNSDiscoverer",
     "FaultPlan",
     "GapListeners",
@@ -30,6 +33,7 @@ __all__ = [
     "PeerConnection",
     "RedisStatistics",
     "RedisTransport",
+    "SubscriberCounting",
     "TcpStats",
     "TcpTransport",
     "Transport",

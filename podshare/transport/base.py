@@ -26,6 +26,15 @@ below:
 
 - :class:`GapReporting`: the transport tells listeners when messages may have been lost
   (after a reconnect); stores then refresh by themselves.
+- :class:`ClusterReadiness`: ``wait_ready()`` returns once the transport is connected to
+  its cluster as far as it can tell (memory: at once; TCP: every configured and
+  discovered peer connected or failed to connect; Redis: connected and subscribed). A
+  store entering ``async with`` waits for it before asking peers for their state.
+- :class:`SubscriberCounting`: ``remote_subscribers(topic)`` says how many *other*
+  processes subscribe to a topic right now (Redis: ``PUBSUB NUMSUB``; TCP: what peers
+  announced; memory: the network's table), or ``None`` when it cannot tell. A joining
+  store uses it as evidence: with other subscribers it waits for them (up to
+  ``hydrate_timeout``); with none, the cluster is empty and it is synced at once.
 - ``max_message_size`` (an ``int`` attribute): the largest message ``publish`` accepts;
   stores split their batches and sync chunks below it. Absent means
   :data:`DEFAULT_MAX_MESSAGE_SIZE`.
@@ -33,17 +42,22 @@ below:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "ClusterReadiness",
     "GapListeners",
     "GapReporting",
+    "SubscriberCounting",
     "Transport",
     "max_message_size",
 ]
+
+_log = logging.getLogger("podshare.transport")
 
 #: The message size assumed for a transport that does not declare ``max_message_size``.
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
@@ -84,8 +98,38 @@ class GapReporting(Protocol):
         ...
 
 
+@runtime_checkable
+class ClusterReadiness(Protocol):
+    """A transport that can tell when it is connected to its cluster."""
+
+    async def wait_ready(self) -> None:
+        """Return once connected to the cluster as far as this transport can tell.
+
+        It never raises for peers that cannot be reached (they count as failed); the
+        caller bounds the wait. Without this capability a transport counts as ready at
+        once.
+        """
+        ...
+
+
+@runtime_checkable
+class SubscriberCounting(Protocol):
+    """A transport that can count the other processes subscribed to a topic."""
+
+    async def remote_subscribers(self, topic: str) -> int | None:
+        """How many other processes subscribe to ``topic`` now, or ``None`` if unknown.
+
+        "Other" excludes this process's own subscriptions, however many it holds.
+        """
+        ...
+
+
 class GapListeners:
     """A small helper for transport authors: a set of gap listeners to notify.
+
+    One policy for listeners that fail: the exception is logged (with its traceback)
+    and counted in :attr:`failures`; it never reaches the transport's task or a
+    subscriber, and the other listeners still run.
 
     Example:
         >>> gaps = GapListeners()
@@ -97,10 +141,13 @@ class GapListeners:
         ['gap']
     """
 
-    __slots__ = ("_listeners",)
+    __slots__ = ("_listeners", "_log", "failures")
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger | None = None) -> None:
         self._listeners: dict[int, Callable[[], None]] = {}
+        self._log = logger if logger is not None else _log
+        #: Listener calls that raised (each logged).
+        self.failures = 0
 
     def add(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Register ``listener`` and return its remover (safe to call twice)."""
@@ -115,15 +162,13 @@ class GapListeners:
         return remove
 
     def notify(self) -> None:
-        """Call every listener; one that raises does not stop the others."""
-        errors: list[BaseException] = []
+        """Call every listener; one that raises is logged and counted, never raised."""
         for listener in list(self._listeners.values()):
             try:
                 listener()
-            except Exception as exc:  # reported after every listener ran
-                errors.append(exc)
-        if errors:
-            raise ExceptionGroup("gap listener failed", errors)  # type: ignore[type-var]
+            except Exception:  # a listener's bug: logged and counted, see the class docs
+                self.failures += 1
+                self._log.exception("a gap listener failed")
 
     def __len__(self) -> int:
         return len(self._listeners)
