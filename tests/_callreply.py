@@ -1,10 +1,10 @@
 """callreply over any transport: pods that crash, and the scenarios every transport passes.
 
-:class:`CallReplyContract` holds the scenarios; ``tests/unit/test_callreply_memory.py``,
+`CallReplyContract` holds the scenarios; ``tests/unit/test_callreply_memory.py``,
 ``tests/integration/test_callreply_tcp.py`` and ``tests/integration/test_callreply_redis.py``
-subclass it with their own :meth:`CallReplyContract.open_transport`.
+subclass it with their own `open_transport`.
 Each pod runs in its own task and cancel scope, on its own transport wrapped in a
-:class:`Severable`: ``crash`` severs it (nothing in or out, as a killed process) and then
+`Severable`: ``crash`` severs it (nothing in or out, as a killed process) and then
 cancels the pod, so even the goodbye a store sends from a shielded scope is lost and the
 others see a silent pod.
 """
@@ -44,7 +44,7 @@ FAST: dict[str, Any] = {
 
 
 class Severable:
-    """Wraps a transport; after :meth:`sever` nothing goes in or out (a crashed pod)."""
+    """Wraps a transport; after `sever` nothing goes in or out (a crashed pod)."""
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner

@@ -3,15 +3,15 @@
 Nothing here is collected as a test. Test modules import from this module (and from
 ``tests._callreply``), never from one another.
 
-- :func:`eventually` waits for a condition, re-checking it whenever one of the given
-  sources reports something (a store's events, a pycrdt document's transactions, an
-  :class:`anyio.Event`, a :class:`Notifier`) and, as a bounded fallback, every few
-  milliseconds. It fails with an :class:`AssertionError` naming the condition.
-- :class:`ErrorLog` is an ``on_error`` callback that keeps what it receives.
-- :func:`echo`, :func:`answering`, :func:`raising` and :class:`Held` are callreply
-  handlers.
-- :class:`RedisServer` is a ``redis-server`` child process (the fixtures that start one
-  live in ``tests/integration/conftest.py``).
+- `eventually` waits for a condition, re-checking it whenever one of the given sources
+  reports something (a store's events, a pycrdt document's transactions, an
+  `anyio.Event`, a `Notifier`) and, as a bounded fallback, every few milliseconds. It
+  fails with an `AssertionError` naming the condition and the timeout.
+- `ErrorLog` is an ``on_error`` callback that keeps what it receives.
+- `echo`, `answering`, `raising` and `Held` are callreply handlers.
+- `read_until` reads a child process's output up to a marker; `RedisServer` is a
+  ``redis-server`` child process (the fixtures that start one live in
+  ``tests/integration/conftest.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
     "read_until",
 ]
 
-#: How long :func:`eventually` waits unless told otherwise (seconds). Generous: a loaded
+#: How long `eventually` waits unless told otherwise (seconds). Generous: a loaded
 #: two-core CI machine must not fail a test that would pass given a moment more.
 DEFAULT_TIMEOUT: Final = 10.0
 # The fallback re-check interval when no source can wake the waiter: the condition
@@ -65,7 +65,7 @@ Feed = Callable[[], AbstractAsyncContextManager[AsyncIterator[object]]]
 
 
 class Notifier:
-    """A change signal: :meth:`notify` wakes every :func:`eventually` waiting on it.
+    """A change signal: `notify` wakes every `eventually` waiting on it.
 
     For code a test instruments itself (a wrapped ``publish``, a writer's progress): call
     ``notify()`` after each change and pass the notifier as ``wake=[notifier]``.
@@ -82,7 +82,7 @@ class Notifier:
         self._event = anyio.Event()
 
     async def wait(self) -> None:
-        """Return at the next :meth:`notify`."""
+        """Return at the next `notify`."""
         await self._event.wait()
 
 
@@ -121,11 +121,11 @@ async def eventually(
     - ``stores``: any event of these stores (data changes and membership), through a
       watcher of their own opened before the first check, so nothing is missed;
     - ``feeds``: any item of these streams (``doc.events`` of a pycrdt ``Doc``);
-    - ``wake``: an :class:`anyio.Event` being set, a :class:`Notifier` notifying.
+    - ``wake``: an `anyio.Event` being set, a `Notifier` notifying.
 
     Whatever the sources, it is also re-checked every ``poll`` seconds (5 ms without
-    sources, 50 ms with them), for state that nothing announces; so a source only makes
-    the wait prompter, never a condition reachable.
+    sources, 50 ms with them), for state that nothing announces: a source makes the wait
+    end sooner, but no condition needs one to be seen.
 
     Raises:
         AssertionError: the condition did not hold within ``timeout``; the message
@@ -231,7 +231,7 @@ class ErrorLog:
 
     def __init__(self) -> None:
         self.errors: list[PodshareError] = []
-        #: Notified after each error (pass it to :func:`eventually` as ``wake=``).
+        #: Notified after each error (pass it to `eventually` as ``wake=``).
         self.changed = Notifier()
 
     def __call__(self, error: PodshareError) -> None:
@@ -281,7 +281,7 @@ def raising(error_type: type[Exception], message: str) -> Handler:
 
 
 class Held:
-    """A handler that holds every call until :meth:`release` (or forever: never released).
+    """A handler that holds every call until `release` (or forever: never released).
 
     ``started`` is set when the first call arrives; ``cancelled`` when a held call is
     cancelled (the caller gave up, the owner closed).

@@ -1,6 +1,6 @@
 """callreply end to end over memory transports: real route stores, pods that crash.
 
-The scenarios every transport passes come from :class:`tests._callreply.CallReplyContract`;
+The scenarios every transport passes come from `tests._callreply.CallReplyContract`;
 the ones here need the memory network's faults (disconnect, partition).
 """
 
