@@ -145,7 +145,7 @@ def tcp_factory() -> TransportFactory | None:
     addresses: list[str] = []
 
     @asynccontextmanager
-    async def open_transport(name: str) -> AsyncIterator[Transport]:
+    async def open_transport(_name: str) -> AsyncIterator[Transport]:
         peers = list(addresses)
         async with TcpTransport(peers=peers) as tr:
             await tr.wait_connected(len(peers))
@@ -197,7 +197,7 @@ def redis_factory(url: str) -> TransportFactory | None:
     except ImportError:
         return None
 
-    def open_transport(name: str) -> AbstractAsyncContextManager[Transport]:
+    def open_transport(_name: str) -> AbstractAsyncContextManager[Transport]:
         return RedisTransport(url, channel_prefix="bench")
 
     return open_transport

@@ -1,4 +1,4 @@
-"""callreply end to end over Redis pub/sub: the transport contract of the memory tests."""
+"""callreply end to end over Redis pub/sub: the transport contract of tests/_callreply.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from podshare.transport.base import Transport
-from tests.integration.test_callreply_memory import CallReplyContract
-
-try:
-    from podshare.transport.redis import RedisTransport
-except ImportError as exc:  # the transport module or redis-py is missing
-    pytest.skip(f"RedisTransport is not available: {exc}", allow_module_level=True)
+from podshare.transport.redis import RedisTransport
+from tests._callreply import CallReplyContract
+from tests._support import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -28,9 +25,10 @@ class TestRedis(CallReplyContract):
     """Every pod on its own RedisTransport to one redis-server; each test its own prefix."""
 
     @pytest.fixture(autouse=True)
-    def _server(self, redis_server: object) -> None:
-        self.url: str = redis_server.url  # type: ignore[attr-defined]
+    def _server(self, redis_server: RedisServer) -> None:
+        self.url = redis_server.url
         self.prefix = f"cr-test-{secrets.token_hex(4)}"
 
     def open_transport(self, name: str) -> AbstractAsyncContextManager[Transport]:
+        del name  # one Redis connection per pod; the endpoint carries the node id
         return RedisTransport(self.url, channel_prefix=self.prefix)

@@ -1,4 +1,4 @@
-"""callreply end to end over the TCP mesh: the transport contract of the memory tests."""
+"""callreply end to end over the TCP mesh: the transport contract of tests/_callreply.py."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ import anyio
 import pytest
 
 from podshare.transport.base import Transport
-from tests.integration.test_callreply_memory import CallReplyContract
-
-try:
-    from podshare.transport.tcp import TcpTransport
-except ImportError as exc:  # the transport module is missing
-    pytest.skip(f"TcpTransport is not available: {exc}", allow_module_level=True)
+from podshare.transport.tcp import TcpTransport
+from tests._callreply import CallReplyContract
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
 from podshare import EventKind, Store
-from podshare.transport import TcpTransport
-from tests.integration.conftest import RedisServer
+from podshare.transport import RedisTransport, TcpTransport
+from tests._support import RedisServer, eventually, free_port, read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -36,14 +34,6 @@ HYDRATE = "3"
 def _store_name() -> str:
     # A fresh name per test: the Redis server is shared by the whole session.
     return f"cli-{secrets.token_hex(4)}"
-
-
-def _closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,18 +49,6 @@ async def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _details(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-async def wait_for(store: Store[Any], condition: Callable[[], bool]) -> None:
-    """Return once ``condition()`` holds, re-checking on each of ``store``'s events."""
-    with anyio.fail_after(CLI_TIMEOUT):
-        async with store.watch(members=True) as events:
-            if condition():
-                return
-            async for _ in events:
-                if condition():
-                    return
-        raise AssertionError("the store closed before the condition held")
 
 
 def test_demo_converges() -> None:
@@ -114,8 +92,6 @@ class TestRedis:
     @pytest.fixture
     async def cluster(self, redis_server: RedisServer) -> AsyncIterator[tuple[str, Store[Any]]]:
         """``(url, store)``: a store of a fresh name on the Redis the CLI will join."""
-        from podshare.transport import RedisTransport
-
         async with (
             RedisTransport(redis_server.url) as transport,
             Store[Any](_store_name(), transport, node_id="test-node", hydrate_timeout=1) as store,
@@ -153,12 +129,12 @@ class TestRedis:
         assert result.returncode == 0, _details(result)
         assert result.stdout.strip() == "OK"
         # The CLI's write was published before it exited; our replica applies it soon.
-        await wait_for(store, lambda: store.get("limits") == {"rate": 1000})
+        await eventually(lambda: store.get("limits") == {"rate": 1000}, stores=[store])
 
         result = await self.cli(url, "--json", "set", store.name, "motd", "maintenance")
         assert result.returncode == 0, _details(result)
         assert json.loads(result.stdout) == {"key": "motd", "ok": True}
-        await wait_for(store, lambda: store.get("motd") == "maintenance")  # a bare word
+        await eventually(lambda: store.get("motd") == "maintenance", stores=[store])  # a word
 
     async def test_delete(self, cluster: tuple[str, Store[Any]]) -> None:
         url, store = cluster
@@ -166,7 +142,7 @@ class TestRedis:
         result = await self.cli(url, "--json", "delete", store.name, "doomed")
         assert result.returncode == 0, _details(result)
         assert json.loads(result.stdout) == {"key": "doomed", "deleted": True}
-        await wait_for(store, lambda: "doomed" not in store)
+        await eventually(lambda: "doomed" not in store, stores=[store])
         assert store.get("kept") == 2
 
         result = await self.cli(url, "delete", store.name, "never-there")
@@ -223,7 +199,8 @@ class TestRedis:
         args += ["watch", store.name, "--prefix", "job:", "--count", "3"]
         with anyio.fail_after(CLI_TIMEOUT):
             async with await anyio.open_process([sys.executable, "-m", "podshare", *args]) as cli:
-                await _wait_until_watching(cli)
+                assert cli.stderr is not None
+                await read_until(cli.stderr, "watching", timeout=CLI_TIMEOUT)  # watcher open
                 await store.set("job:1", {"state": "queued"})
                 await store.set("ignored", "not under the prefix")
                 await store.set("job:1", {"state": "done"})
@@ -263,19 +240,8 @@ class TestRedis:
         assert result.stdout == ""
 
 
-async def _wait_until_watching(cli: Process) -> None:
-    """Read the CLI's stderr until it says it is watching (its watcher is open)."""
-    assert cli.stderr is not None
-    seen = ""
-    async for chunk in TextReceiveStream(cli.stderr):
-        seen += chunk
-        if "watching" in seen:
-            return
-    raise AssertionError(f"the CLI ended before watching; stderr:\n{seen}")
-
-
 def test_unreachable_redis() -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     result = subprocess.run(
         [sys.executable, "-m", "podshare", "--redis", url, "keys", "some-store"],
         capture_output=True,
@@ -327,7 +293,7 @@ class TestTcp:
 
             result = await self.cli(address, "set", store.name, "user:3", '{"pod": "c"}')
             assert result.returncode == 0, _details(result)
-            await wait_for(store, lambda: store.get("user:3") == {"pod": "c"})
+            await eventually(lambda: store.get("user:3") == {"pod": "c"}, stores=[store])
 
     async def test_cli_on_trio(self) -> None:
         async with tcp_node(_store_name()) as (address, store):
@@ -356,7 +322,7 @@ class TestTcp:
     async def test_unreachable_peer(self) -> None:
         result = await run_cli(
             "--tcp",
-            f"127.0.0.1:{_closed_port()}",
+            f"127.0.0.1:{free_port()}",  # nothing listens there
             "--secret",
             SECRET,
             "--hydrate-timeout",

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 60
 
@@ -26,11 +24,7 @@ EXPECTED: dict[str, str] = {
     "session_affinity.py": "pod-1 and pod-2 agree on every user's pod",
     "chat_cache.py": "all pods agree: True",
 }
-# Examples written with an optional feature; they may be absent.
-OPTIONAL: set[str] = set()
 NEEDS_REDIS = {"redis.py"}
-# Third-party modules an example imports beyond podshare's core dependencies.
-NEEDS_MODULE = {"chat_cache.py": "pycrdt", "redis.py": "redis", "ws_routing.py": "websockets"}
 
 
 def _examples() -> list[str]:
@@ -38,7 +32,7 @@ def _examples() -> list[str]:
 
 
 def test_every_expected_example_exists() -> None:
-    missing = sorted(set(EXPECTED) - OPTIONAL - set(_examples()))
+    missing = sorted(set(EXPECTED) - set(_examples()))
     assert not missing, f"examples missing from {EXAMPLES}: {missing}"
 
 
@@ -47,10 +41,10 @@ def test_every_example_is_checked() -> None:
     assert not unchecked, f"add the examples {unchecked} to EXPECTED with a line they print"
 
 
+# Every example runs as a subprocess, and some open loopback sockets or a redis-server.
+@pytest.mark.integration
 @pytest.mark.parametrize("name", _examples())
 def test_example_runs(name: str, request: pytest.FixtureRequest) -> None:
-    if name in NEEDS_MODULE:
-        pytest.importorskip(NEEDS_MODULE[name], reason=f"{name} needs {NEEDS_MODULE[name]}")
     env = dict(os.environ)
     if name in NEEDS_REDIS:
         # The fixture starts a private redis-server (skips, or fails under CI=true, when

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from podshare import Store
 from podshare.crdt import GSet, PNCounter
-from podshare.exceptions import PodshareError, TransportError
+from podshare.exceptions import TransportError
 from podshare.transport import RedisTransport
-from tests.integration.conftest import RedisServer
+from tests._support import ErrorLog, Notifier, RedisServer, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -28,41 +28,6 @@ STORE_OPTIONS: dict[str, Any] = {"hydrate_timeout": 1.0}
 def anyio_backend() -> str:
     """redis-py is asyncio-only, so Redis-backed stores run under asyncio alone."""
     return "asyncio"
-
-
-class Changes:
-    """Wakes a waiter whenever any of the watched stores changes (or a watcher drops)."""
-
-    def __init__(self) -> None:
-        self._changed = anyio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        with anyio.fail_after(TIMEOUT):
-            while not predicate():
-                await self._changed.wait()
-                self._changed = anyio.Event()
-
-
-@asynccontextmanager
-async def watching(stores: Sequence[Store[Any]]) -> AsyncIterator[Changes]:
-    """Watch every store; ``Changes.wait_for`` re-checks a condition on each event."""
-    changes = Changes()
-
-    async def pump(store: Store[Any]) -> None:
-        while True:  # a watcher dropped for a full buffer ends; open a fresh one
-            async with store.watch(buffer=1024) as events:
-                async for _ in events:
-                    changes.notify()
-            changes.notify()
-
-    async with anyio.create_task_group() as tg:
-        for store in stores:
-            tg.start_soon(pump, store)
-        yield changes
-        tg.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -93,18 +58,22 @@ def same_everywhere(stores: Sequence[Store[Any]], expected: dict[str, Any]) -> C
 
 @pytest.mark.anyio
 async def test_lww_set_and_delete_converge_across_pods(redis_server: RedisServer) -> None:
-    async with cluster(redis_server.url, 3, "lww") as (_, stores), watching(stores) as changes:
+    async with cluster(redis_server.url, 3, "lww") as (_, stores):
         a, b, c = stores
         await a.set("x", {"rate": 1})
         await b.set("y", [1, 2, 3])
         await c.set_many({"z": "zed", "gone": True})
-        await changes.wait_for(
-            same_everywhere(stores, {"x": {"rate": 1}, "y": [1, 2, 3], "z": "zed", "gone": True})
+        await eventually(
+            same_everywhere(stores, {"x": {"rate": 1}, "y": [1, 2, 3], "z": "zed", "gone": True}),
+            stores=stores,
+            timeout=TIMEOUT,
         )
         await b.delete("gone")
         await c.set("x", {"rate": 2})  # a later write of the same key wins everywhere
-        await changes.wait_for(
-            same_everywhere(stores, {"x": {"rate": 2}, "y": [1, 2, 3], "z": "zed"})
+        await eventually(
+            same_everywhere(stores, {"x": {"rate": 2}, "y": [1, 2, 3], "z": "zed"}),
+            stores=stores,
+            timeout=TIMEOUT,
         )
 
 
@@ -128,28 +97,31 @@ async def test_merge_writes_converge_and_late_joiner_hydrates(redis_server: Redi
             )
             for i, tr in enumerate(transports[:3])
         ]
-        changes = await stack.enter_async_context(watching([*tags, *hits]))
         # Concurrent merge writes of one key from every pod: no write is lost.
         async with anyio.create_task_group() as tg:
             for i, store in enumerate(tags):
                 tg.start_soon(store.set, "k", GSet([f"t{i}", "common"]))
-            for store in hits:
+            for counter in hits:
                 for _ in range(5):
-                    tg.start_soon(store.update, "n", lambda c, s=store: c.increment(s.node_id))
+                    tg.start_soon(counter.update, "n", lambda c, s=counter: c.increment(s.node_id))
         expected_tags = GSet(["t0", "t1", "t2", "common"])
-        await changes.wait_for(
+        await eventually(
             lambda: (
                 all(s.get("k") == expected_tags for s in tags)
-                and all(s.get("n") is not None and s.get("n").value == 15 for s in hits)
-            )
+                and all(s.get("n", PNCounter()).value == 15 for s in hits)
+            ),
+            stores=[*tags, *hits],
+            timeout=TIMEOUT,
         )
         await tags[0].delete("k")
         await tags[1].set("k", GSet(["after-delete"]))
-        await changes.wait_for(
+        await eventually(
             lambda: (
                 len({repr(s.snapshot()) for s in tags}) == 1
                 and "t0" not in tags[2].get("k", GSet())
-            )
+            ),
+            stores=tags,
+            timeout=TIMEOUT,
         )
         # A pod that joins late hydrates everything from its peers.
         late_tags = await stack.enter_async_context(
@@ -160,13 +132,13 @@ async def test_merge_writes_converge_and_late_joiner_hydrates(redis_server: Redi
         )
         await late_tags.wait_synced()
         await late_hits.wait_synced()
-        late_changes = await stack.enter_async_context(watching([late_tags, late_hits]))
-        await late_changes.wait_for(
+        await eventually(
             lambda: (
                 late_tags.snapshot() == tags[0].snapshot()
-                and late_hits.get("n") is not None
-                and late_hits.get("n").value == 15
-            )
+                and late_hits.get("n", PNCounter()).value == 15
+            ),
+            stores=[late_tags, late_hits],
+            timeout=TIMEOUT,
         )
 
 
@@ -181,14 +153,13 @@ async def test_failover_loses_no_write(restartable_redis: RedisServer) -> None:
             transports,
             stores,
         ),
-        watching(stores) as changes,
     ):
         writers = stores[:2]
         written: dict[str, int] = {}
         ok = [0, 0]
         failed = [0, 0]  # during the current outage
         failed_total = [0, 0]
-        progress = Changes()
+        progress = Notifier()
         outage_over = anyio.Event()
         outage_over.set()
         done = False
@@ -217,7 +188,11 @@ async def test_failover_loses_no_write(restartable_redis: RedisServer) -> None:
 
         async def more_successes(count: int) -> None:
             target = [n + count for n in ok]
-            await progress.wait_for(lambda: all(o >= t for o, t in zip(ok, target, strict=True)))
+            await eventually(
+                lambda: all(o >= t for o, t in zip(ok, target, strict=True)),
+                wake=[progress],
+                timeout=TIMEOUT,
+            )
 
         async with anyio.create_task_group() as tg:
             for index, store in enumerate(writers):
@@ -227,13 +202,15 @@ async def test_failover_loses_no_write(restartable_redis: RedisServer) -> None:
                 failed[:] = [0, 0]
                 outage_over = anyio.Event()
                 restartable_redis.kill()
-                await progress.wait_for(lambda: all(f >= 3 for f in failed))
+                await eventually(
+                    lambda: all(f >= 3 for f in failed), wake=[progress], timeout=TIMEOUT
+                )
                 restartable_redis.start()
                 outage_over.set()
             await more_successes(20)  # keep writing after the last recovery, then stop
             done = True
         assert all(f >= 3 * kills for f in failed_total)
-        await changes.wait_for(same_everywhere(stores, written))
+        await eventually(same_everywhere(stores, written), stores=stores, timeout=TIMEOUT)
         for transport in transports:
             stats = transport.statistics()
             # A pod still backing off from one outage may sleep through the next one.
@@ -245,21 +222,14 @@ async def test_failover_loses_no_write(restartable_redis: RedisServer) -> None:
 async def test_garbage_and_oversized_payloads_are_counted_and_skipped(
     redis_server: RedisServer,
 ) -> None:
-    errors: list[PodshareError] = []
-    seen = Changes()
-
-    def on_error(exc: PodshareError) -> None:
-        errors.append(exc)
-        seen.notify()
-
+    errors = ErrorLog()
     prefix = f"test-{secrets.token_hex(4)}"
     raw = aioredis.Redis.from_url(redis_server.url)
     async with (
         RedisTransport(redis_server.url, channel_prefix=prefix, max_message_size=64 * 1024) as t1,
         RedisTransport(redis_server.url, channel_prefix=prefix, max_message_size=64 * 1024) as t2,
-        Store("bad", t1, node_id="victim", on_error=on_error, **STORE_OPTIONS) as victim,
+        Store("bad", t1, node_id="victim", on_error=errors, **STORE_OPTIONS) as victim,
         Store("bad", t2, node_id="peer", **STORE_OPTIONS) as peer,
-        watching([victim, peer]) as changes,
     ):
         before = victim.stats().decode_errors
         payloads = [
@@ -274,12 +244,16 @@ async def test_garbage_and_oversized_payloads_are_counted_and_skipped(
             for payload in payloads:
                 await raw.publish(channel, payload)
         total = 2 * len(payloads)
-        await seen.wait_for(lambda: victim.stats().decode_errors - before >= total)
+        await eventually(
+            lambda: victim.stats().decode_errors - before >= total,
+            wake=[errors.changed],
+            timeout=TIMEOUT,
+        )
         assert victim.stats().decode_errors - before == total
         assert len(errors) == total
         # The store keeps serving and replicating.
         await peer.set("after", "still fine")
-        await changes.wait_for(lambda: victim.get("after") == "still fine")
+        await eventually(lambda: victim.get("after") == "still fine", stores=[victim])
         await victim.set("back", 1)
-        await changes.wait_for(lambda: peer.get("back") == 1)
+        await eventually(lambda: peer.get("back") == 1, stores=[peer])
     await raw.aclose()

@@ -15,14 +15,13 @@ import redis.asyncio as aioredis
 
 from podshare.exceptions import (
     ClosedError,
-    ConfigurationError,
     MessageTooLarge,
     TransportError,
 )
 from podshare.testing import check_transport
 from podshare.transport import RedisTransport
 from podshare.transport.base import GapReporting, Transport
-from tests.integration.conftest import RedisServer
+from tests._support import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +32,7 @@ TIMEOUT = 10
 def anyio_backend() -> str:
     """redis-py is asyncio-only, so the Redis transport runs under asyncio alone.
 
-    ``test_trio_*`` below re-parametrise this fixture to prove the clear error under trio.
+    tests/unit/test_redis_options.py proves the clear error under trio.
     """
     return "asyncio"
 
@@ -337,44 +336,6 @@ async def test_subscribe_during_an_outage_is_subscribed_on_reconnect(
             assert await _next(messages) == b"arrived"
 
 
-def test_bad_options_raise_configuration_error() -> None:
-    for kwargs in (
-        {"max_message_size": 0},
-        {"reconnect_backoff": (0.0, 1.0)},
-        {"reconnect_backoff": (2.0, 1.0)},
-        {"timeout": -1},
-        {"subscription_buffer": 0},
-        {"url": "http://localhost"},
-    ):
-        with pytest.raises(ConfigurationError):
-            RedisTransport(**kwargs)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="rediss"):
-        RedisTransport("redis://localhost", ssl_context=ssl.create_default_context())
-    with pytest.raises(ConfigurationError, match="client"):
-        RedisTransport(client=aioredis.Redis(), password="x")
-
-
-@pytest.mark.parametrize("anyio_backend", ["trio"])
-@pytest.mark.anyio
-async def test_trio_constructor_raises_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="needs asyncio"):
-        RedisTransport("redis://127.0.0.1:1/0")
-
-
-def test_trio_enter_raises_configuration_error() -> None:
-    # Built outside any event loop, the check happens on `async with`.
-    import trio
-
-    tr = RedisTransport("redis://127.0.0.1:1/0")
-
-    async def main() -> None:
-        with pytest.raises(ConfigurationError, match="needs asyncio"):
-            async with tr:
-                pass
-
-    trio.run(main)
-
-
 @pytest.mark.anyio
 async def test_tls_with_ssl_context(tls_redis: tuple[RedisServer, str, Any]) -> None:
     _, url, ca = tls_redis
@@ -407,8 +368,7 @@ class _OnLog(logging.Handler):
 
 @pytest.mark.anyio
 async def test_unresponsive_server_is_detected_by_ping(restartable_redis: RedisServer) -> None:
-    process = restartable_redis._process
-    assert process is not None
+    process = restartable_redis.process
     async with RedisTransport(
         restartable_redis.url,
         channel_prefix=_prefix(),

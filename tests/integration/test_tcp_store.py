@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -11,36 +11,21 @@ import pytest
 
 from podshare import Store
 from podshare.transport import TcpTransport
+from tests._support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 TIMEOUT = 15
 
 
-async def wait_for_value(store: Store[Any], key: str, value: object) -> None:
-    """Wait, bounded, until ``store[key] == value`` (watching, so no polling)."""
-    with anyio.fail_after(TIMEOUT):
-        async with store.watch(key=key) as events:
-            if store.get(key) == value:
-                return
-            async for _ in events:
-                if store.get(key) == value:
-                    return
-    raise AssertionError(f"{key!r} never became {value!r} on {store.node_id}")
+def holds(stores: list[Store[Any]], expected: Mapping[str, object]) -> Callable[[], bool]:
+    """Whether every store maps each key of ``expected`` to its value (None: absent)."""
+    return lambda: all(s.get(k) == v for s in stores for k, v in expected.items())
 
 
 async def connected(transport: TcpTransport, count: int) -> None:
     with anyio.fail_after(TIMEOUT):
         await transport.wait_connected(count)
-
-
-async def disconnected(*transports: TcpTransport) -> None:
-    """Wait, bounded, until none of ``transports`` has a connection."""
-    with anyio.fail_after(TIMEOUT):
-        while any(t.connections for t in transports):
-            # Connection events set the transport's private change event; take it now.
-            changed = next(t for t in transports if t.connections)._changed
-            await changed.wait()
 
 
 @asynccontextmanager
@@ -55,7 +40,7 @@ async def cluster(count: int) -> AsyncIterator[tuple[list[TcpTransport], list[St
             await connected(transport, count - 1)
         stores = [
             await stack.enter_async_context(
-                Store("cfg", t, node_id=f"node-{i}", hydrate_timeout=2.0)
+                Store[Any]("cfg", t, node_id=f"node-{i}", hydrate_timeout=2.0)
             )
             for i, t in enumerate(transports)
         ]
@@ -76,9 +61,7 @@ async def test_nodes_converge_on_concurrent_writes(count: int) -> None:
         for i, store in enumerate(stores):
             await store.set(f"done-{i}", True)
             expected[f"done-{i}"] = True
-        for store in stores:
-            for key, value in expected.items():
-                await wait_for_value(store, key, value)
+        await eventually(holds(stores, expected), stores=stores, timeout=TIMEOUT)
         snapshots = [store.snapshot() for store in stores]
         assert all(snapshot == snapshots[0] for snapshot in snapshots)
         # Concurrent writes to one key: every replica picked the same winner.
@@ -88,31 +71,27 @@ async def test_nodes_converge_on_concurrent_writes(count: int) -> None:
 async def test_deletes_replicate() -> None:
     async with cluster(3) as (_, stores):
         await stores[0].set("gone", "soon")
-        await wait_for_value(stores[2], "gone", "soon")
+        await eventually(holds(stores[2:], {"gone": "soon"}), stores=stores[2:], timeout=TIMEOUT)
         await stores[1].delete("gone")
-        for store in stores:
-            await wait_for_value(store, "gone", None)
-            assert "gone" not in store
+        await eventually(holds(stores, {"gone": None}), stores=stores, timeout=TIMEOUT)
+        assert all("gone" not in store for store in stores)
 
 
 async def test_late_joiner_hydrates_on_entry() -> None:
     async with cluster(3) as (transports, stores):
-        for i in range(50):
-            await stores[i % 3].set(f"key-{i}", {"n": i})
-        for store in stores:
-            await wait_for_value(store, "key-49", {"n": 49})
-            await wait_for_value(store, f"key-{48 - 48 % 3}", {"n": 48 - 48 % 3})
+        written = {f"key-{i}": {"n": i} for i in range(50)}
+        for i, (key, value) in enumerate(written.items()):
+            await stores[i % 3].set(key, value)
+        await eventually(holds(stores, written), stores=stores, timeout=TIMEOUT)
         # The newcomer knows one node; peer exchange connects it to the others.
         async with TcpTransport(peers=[transports[1].address], node_id="tcp-late") as late:
             await connected(late, 3)
-            async with Store("cfg", late, node_id="node-late", hydrate_timeout=5.0) as joiner:
-                for i in range(50):
-                    await wait_for_value(joiner, f"key-{i}", {"n": i})
+            async with Store[Any]("cfg", late, node_id="node-late", hydrate_timeout=5.0) as joiner:
+                await eventually(holds([joiner], written), stores=[joiner], timeout=TIMEOUT)
                 assert joiner.snapshot() == stores[1].snapshot()
                 # And it takes part: its writes reach the others.
                 await joiner.set("from-late", True)
-                for store in stores:
-                    await wait_for_value(store, "from-late", True)
+                await eventually(holds(stores, {"from-late": True}), stores=stores, timeout=TIMEOUT)
 
 
 async def test_remove_peer_then_add_peer_heals_with_refresh() -> None:
@@ -122,14 +101,15 @@ async def test_remove_peer_then_add_peer_heals_with_refresh() -> None:
     ):
         await connected(ta, 1)
         async with (
-            Store("cfg", ta, node_id="a", hydrate_timeout=2.0) as a,
-            Store("cfg", tb, node_id="b", hydrate_timeout=2.0) as b,
+            Store[Any]("cfg", ta, node_id="a", hydrate_timeout=2.0) as a,
+            Store[Any]("cfg", tb, node_id="b", hydrate_timeout=2.0) as b,
         ):
             await a.set("before", 1)
-            await wait_for_value(b, "before", 1)
+            await eventually(holds([b], {"before": 1}), stores=[b], timeout=TIMEOUT)
 
             ta.remove_peer(tb.address)
-            await disconnected(ta, tb)
+            # TcpTransport announces no connection change publicly: this one polls.
+            await eventually(lambda: not ta.connections and not tb.connections, timeout=TIMEOUT)
             # Partitioned: each side writes what the other cannot see yet.
             await a.set("during-a", "x")
             await b.set("during-b", "y")
@@ -138,8 +118,9 @@ async def test_remove_peer_then_add_peer_heals_with_refresh() -> None:
             gaps = ta.stats().gaps_reported
 
             ta.add_peer(tb.address)
-            await wait_for_value(a, "during-b", "y")
-            await wait_for_value(a, "before", None)
-            await wait_for_value(b, "during-a", "x")
+            await eventually(
+                holds([a], {"during-b": "y", "before": None}), stores=[a], timeout=TIMEOUT
+            )
+            await eventually(holds([b], {"during-a": "x"}), stores=[b], timeout=TIMEOUT)
             assert ta.stats().gaps_reported > gaps  # the reconnect told the store to refresh
             assert a.snapshot() == b.snapshot()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
@@ -26,26 +26,13 @@ from podshare.transport._framing import (
     State,
     encode_message_body,
 )
+from tests._support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 TIMEOUT = 10
-
-
-async def until(predicate: Callable[[], bool], *transports: TcpTransport) -> None:
-    """Wait, bounded, until ``predicate()`` holds; re-checked on every connection event."""
-    with anyio.fail_after(TIMEOUT):
-        while not predicate():
-            # Take the events now, in the same step as the check, so none is missed.
-            events = [t._changed for t in transports]
-            async with anyio.create_task_group() as tg:
-                for event in events:
-
-                    async def wait(e: anyio.Event = event) -> None:
-                        await e.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(wait)
+# TcpTransport announces connection changes to no public listener, so the conditions
+# on its connections and counters below are polled by ``eventually`` (every 5 ms).
 
 
 @asynccontextmanager
@@ -60,7 +47,7 @@ async def mesh(count: int, **options: object) -> AsyncIterator[list[TcpTransport
                 **options,  # type: ignore[arg-type]
             )
             nodes.append(await stack.enter_async_context(node))
-        await until(lambda: all(len(n.connections) == count - 1 for n in nodes), *nodes)
+        await eventually(lambda: all(len(n.connections) == count - 1 for n in nodes))
         yield nodes
 
 
@@ -132,7 +119,7 @@ async def test_conformance(secret: str | None) -> None:
         transport = TcpTransport(peers=[t.address for t in created], secret=secret)
         async with transport:
             created.append(transport)
-            await until(lambda: len(transport.connections) == len(created) - 1, transport)
+            await eventually(lambda: len(transport.connections) == len(created) - 1)
             yield transport
 
     await check_transport(factory, receive_timeout=TIMEOUT)
@@ -221,7 +208,8 @@ async def test_a_slow_subscriber_loses_messages_and_a_gap_is_reported() -> None:
         gaps: list[None] = []
         node.add_gap_listener(lambda: gaps.append(None))
         for i in range(5):
-            await node.publish("t", bytearray(b"%d" % i))
+            # A bytearray on purpose: subscribers must still receive bytes.
+            await node.publish("t", bytearray(b"%d" % i))  # type: ignore[arg-type]
         assert node.stats().messages_dropped == 3
         assert len(gaps) == 3
         got = [await receive(messages), await receive(messages)]
@@ -238,14 +226,12 @@ async def test_both_sides_dialing_keep_exactly_one_connection() -> None:
         TcpTransport(node_id="bbb", peers=[a.address]) as b,
     ):
         a.add_peer(b.address)  # now both dial each other
-        await until(
+        await eventually(
             lambda: (
                 a.stats().duplicates_closed + b.stats().duplicates_closed >= 1
                 and len(a.connections) == 1
                 and len(b.connections) == 1
-            ),
-            a,
-            b,
+            )
         )
         # Both sides keep the connection dialed by the smaller node id ("aaa").
         assert a.connections["bbb"].outbound
@@ -281,7 +267,7 @@ async def test_everyone_dialing_everyone_settles_on_one_connection_per_pair() ->
                 for n in nodes
             )
 
-        await until(settled, *nodes)
+        await eventually(settled)
         async with AsyncExitStack() as subs:
             inboxes = [await subs.enter_async_context(n.subscribe("t")) for n in nodes]
             opened = [n.stats().connections_opened for n in nodes]
@@ -299,7 +285,7 @@ async def test_peer_exchange_completes_a_chain_into_a_mesh() -> None:
         TcpTransport(node_id="b", peers=[a.address]) as b,
         TcpTransport(node_id="c", peers=[b.address]) as c,  # c only knows b
     ):
-        await until(lambda: all(len(n.connections) == 2 for n in (a, b, c)), a, b, c)
+        await eventually(lambda: all(len(n.connections) == 2 for n in (a, b, c)))
         assert c.discovered == (a.address,) or a.discovered == (c.address,)
         assert c.peers == (b.address,)  # learned addresses are not configured ones
         async with a.subscribe("t") as messages:
@@ -313,11 +299,8 @@ async def test_without_peer_exchange_a_chain_stays_a_chain() -> None:
         TcpTransport(node_id="b", peers=[a.address], peer_exchange=False) as b,
         TcpTransport(node_id="c", peers=[b.address], peer_exchange=False) as c,
     ):
-        await until(
-            lambda: (len(a.connections), len(b.connections), len(c.connections)) == (1, 2, 1),
-            a,
-            b,
-            c,
+        await eventually(
+            lambda: (len(a.connections), len(b.connections), len(c.connections)) == (1, 2, 1)
         )
         # Both ends of the chain are up; with peer exchange, c would be dialing a by now.
         assert a.discovered == c.discovered == ()
@@ -332,15 +315,15 @@ async def test_learned_addresses_that_stop_answering_are_forgotten() -> None:
         raw = await RawPeer.connect(a.address, "raw")
         async with raw.stream:
             await raw.send(PeerProtocol.peers_body([gone_address, "not an address"]))
-            await until(lambda: a.discovered == (gone_address,), a)
-            await until(lambda: a.discovered == (), a)
+            await eventually(lambda: a.discovered == (gone_address,))
+            await eventually(lambda: a.discovered == ())
             assert a.stats().connection_attempts_failed >= 3
 
 
 async def test_dialing_itself_is_detected_and_not_repeated() -> None:
     async with TcpTransport() as node:
         node.add_peer(node.address)
-        await until(lambda: node.address in node.self_addresses, node)
+        await eventually(lambda: node.address in node.self_addresses)
         assert node.connections == {}
         assert node.stats().protocol_errors == 0
 
@@ -353,11 +336,11 @@ async def test_gap_listeners_fire_on_each_connection_until_removed() -> None:
         gaps: list[str] = []
         remove = a.add_gap_listener(lambda: gaps.append("gap"))
         async with TcpTransport(node_id="b", peers=[a.address]):
-            await until(lambda: "b" in a.connections, a)
+            await eventually(lambda: "b" in a.connections)
             assert gaps == ["gap"]
         remove()
         async with TcpTransport(node_id="c", peers=[a.address]):
-            await until(lambda: "c" in a.connections, a)
+            await eventually(lambda: "c" in a.connections)
         assert gaps == ["gap"]
         assert a.stats().gaps_reported == 2
 
@@ -368,12 +351,12 @@ async def test_redial_after_peer_restart_on_same_port() -> None:
         a.add_gap_listener(lambda: gaps.append(None))
         async with TcpTransport(node_id="b", peers=[a.address]) as b:
             address = b.address
-            await until(lambda: "b" in a.connections, a)
-        await until(lambda: not a.connections, a)
+            await eventually(lambda: "b" in a.connections)
+        await eventually(lambda: not a.connections)
         a.add_peer(address)  # a now dials b's old address, which is down
-        await until(lambda: a.stats().connection_attempts_failed >= 1, a)
+        await eventually(lambda: a.stats().connection_attempts_failed >= 1)
         async with TcpTransport(node_id="b", listen=address) as b:
-            await until(lambda: "b" in a.connections, a)
+            await eventually(lambda: "b" in a.connections)
             assert len(gaps) >= 2
             async with b.subscribe("t") as messages:
                 await a.publish("t", b"x")
@@ -382,10 +365,10 @@ async def test_redial_after_peer_restart_on_same_port() -> None:
 
 async def test_remove_peer_disconnects_and_add_peer_heals() -> None:
     async with TcpTransport(node_id="b") as b, TcpTransport(node_id="a", peers=[b.address]) as a:
-        await until(lambda: "b" in a.connections and "a" in b.connections, a, b)
+        await eventually(lambda: "b" in a.connections and "a" in b.connections)
         a.remove_peer(b.address)
         assert a.peers == ()
-        await until(lambda: not a.connections and not b.connections, a, b)
+        await eventually(lambda: not a.connections and not b.connections)
         async with a.subscribe("t") as messages:
             await b.publish("t", b"unseen")
             gaps = anyio.Event()
@@ -409,9 +392,9 @@ async def test_wrong_secret_is_rejected_counted_and_never_delivered() -> None:
             node_id="evil", secret="guess", peers=[good.address], reconnect_backoff=(5, 5)
         ) as evil,
     ):
-        await until(lambda: "ally" in good.connections, good)
-        await until(lambda: good.stats().auth_failures >= 1, good)
-        await until(lambda: evil.stats().auth_failures >= 1, evil)
+        await eventually(lambda: "ally" in good.connections)
+        await eventually(lambda: good.stats().auth_failures >= 1)
+        await eventually(lambda: evil.stats().auth_failures >= 1)
         assert "evil" not in good.connections
         assert evil.connections == {}
         await evil.publish("t", b"forged")
@@ -424,8 +407,8 @@ async def test_missing_secret_is_rejected() -> None:
         TcpTransport(secret=b"k") as guarded,
         TcpTransport(peers=[guarded.address], reconnect_backoff=(5, 5)) as open_node,
     ):
-        await until(lambda: guarded.stats().auth_failures >= 1, guarded)
-        await until(lambda: open_node.stats().auth_failures >= 1, open_node)
+        await eventually(lambda: guarded.stats().auth_failures >= 1)
+        await eventually(lambda: open_node.stats().auth_failures >= 1)
         assert guarded.connections == {}
 
 
@@ -444,7 +427,7 @@ async def test_garbage_is_rejected_and_counted(data: bytes, counter: str) -> Non
         async with client:
             await client.send(data)
             assert await closed_by_server(client)
-        await until(lambda: getattr(node.stats(), counter) == 1, node)
+        await eventually(lambda: getattr(node.stats(), counter) == 1)
         # The node still serves its real peer.
         await peer.publish("t", b"still here")
         assert await receive(messages) == b"still here"
@@ -455,7 +438,7 @@ async def test_truncated_frame_then_close_is_counted() -> None:
         client = await raw_client(node.address)
         async with client:
             await client.send(PREAMBLE + b"\x00\x00\x00\x30" + b"\x01partial")
-        await until(lambda: node.stats().protocol_errors == 1, node)
+        await eventually(lambda: node.stats().protocol_errors == 1)
 
 
 async def test_truncated_frame_then_silence_times_out() -> None:
@@ -487,7 +470,7 @@ async def test_a_new_subscription_skips_older_messages_until_the_barrier_answer(
     async with TcpTransport(node_id="node") as node:
         raw = await RawPeer.connect(node.address, "raw")
         async with raw.stream:
-            await until(lambda: "raw" in node.connections, node)
+            await eventually(lambda: "raw" in node.connections)
             async with anyio.create_task_group() as tg:
                 subscribed = anyio.Event()
                 box: list[AsyncIterator[bytes]] = []
@@ -515,7 +498,7 @@ async def test_barriers_are_answered_after_earlier_messages() -> None:
     async with TcpTransport(node_id="node") as node:
         raw = await RawPeer.connect(node.address, "raw")
         async with raw.stream:
-            await until(lambda: "raw" in node.connections, node)
+            await eventually(lambda: "raw" in node.connections)
             await node.publish("t", b"first")
             await raw.send(PeerProtocol.barrier_body(7))
             assert await raw.next_event() == Message("t", b"first")
@@ -528,7 +511,7 @@ async def test_idle_connections_ping_and_silent_peers_are_dropped() -> None:
         lively = await RawPeer.connect(node.address, "lively")
         silent = await RawPeer.connect(node.address, "silent")
         async with lively.stream, silent.stream:
-            await until(lambda: len(node.connections) == 2, node)
+            await eventually(lambda: len(node.connections) == 2)
             # The node pings an idle peer; one that answers stays connected across
             # several silence windows (3 x keepalive = 0.6 s each).
             pings = 0
@@ -560,7 +543,7 @@ async def test_a_stalled_peer_is_disconnected_without_blocking_others() -> None:
         # A peer that completes the handshake and then never reads again.
         stalled = await RawPeer.connect(writer.address, "stalled")
         async with stalled.stream:
-            await until(lambda: len(writer.connections) == 2, writer)
+            await eventually(lambda: len(writer.connections) == 2)
             payload = bytes(size)
             with anyio.fail_after(TIMEOUT):  # publish never waits for the stalled peer
                 for _ in range(2000):
@@ -569,7 +552,7 @@ async def test_a_stalled_peer_is_disconnected_without_blocking_others() -> None:
                     if writer.stats().peers_stalled:
                         break
             assert writer.stats().peers_stalled == 1
-            await until(lambda: "stalled" not in writer.connections, writer)
+            await eventually(lambda: "stalled" not in writer.connections)
             assert "healthy" in writer.connections
 
 
@@ -609,11 +592,11 @@ async def test_tls_refuses_plain_and_untrusted_peers() -> None:
     stranger.verify_mode = ssl.CERT_NONE  # the stranger trusts anyone; the node must not
     async with TcpTransport(ssl_context=server, client_ssl_context=client) as node:
         async with TcpTransport(peers=[node.address], reconnect_backoff=(5, 5)):
-            await until(lambda: node.stats().tls_failures >= 1, node)
+            await eventually(lambda: node.stats().tls_failures >= 1)
         async with TcpTransport(
             peers=[node.address], client_ssl_context=stranger, reconnect_backoff=(5, 5)
         ):
-            await until(lambda: node.stats().tls_failures >= 2, node)
+            await eventually(lambda: node.stats().tls_failures >= 2)
         assert node.connections == {}
 
 

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import pycrdt
 import pytest
+from pycrdt import Array, Doc, Text
 
-pycrdt = pytest.importorskip("pycrdt", reason="the bridge needs the yjs extra (pycrdt)")
-
-from pycrdt import Array, Doc, Text  # noqa: E402
-
-from podshare.exceptions import ConfigurationError, PodshareError  # noqa: E402
-from podshare.transport import MemoryNetwork, MemoryTransport  # noqa: E402
-from podshare.yjs import TransportChannel, open_provider  # noqa: E402
+from podshare.exceptions import ConfigurationError, PodshareError
+from podshare.transport import MemoryNetwork, MemoryTransport, RedisTransport
+from podshare.yjs import TransportChannel, open_provider
+from tests._support import ErrorLog, Notifier, RedisServer, eventually
 
 # pycrdt's Provider is written with anyio, so the bridge runs under asyncio and trio.
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+# Only the Redis test needs a server: the others run on memory transports.
+pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10
-
-
-async def until(doc: Doc[Any], condition: Callable[[], bool]) -> None:
-    """Wait, bounded, until ``condition()`` holds, re-checking on each change of ``doc``."""
-    with anyio.fail_after(TIMEOUT):
-        async with doc.events() as events:
-            if condition():
-                return
-            async for _ in events:
-                if condition():
-                    return
 
 
 def text(doc: Doc[Any]) -> str:
@@ -45,7 +33,7 @@ async def pods(
 ) -> AsyncIterator[list[tuple[MemoryTransport, Doc[Any]]]]:
     net = network if network is not None else MemoryNetwork()
     async with AsyncExitStack() as stack:
-        out = []
+        out: list[tuple[MemoryTransport, Doc[Any]]] = []
         for i in range(count):
             tr = await stack.enter_async_context(MemoryTransport(network=net, name=f"pod-{i}"))
             out.append((tr, Doc()))
@@ -61,16 +49,20 @@ async def test_two_live_docs_converge_after_edits_on_either_side() -> None:
         with anyio.fail_after(TIMEOUT):
             await provider_b.synced.wait()
         a.get("t", type=Text).insert(0, "hello")
-        await until(b, lambda: text(b) == "hello")
+        await eventually(lambda: text(b) == "hello", feeds=[b.events])
         b.get("t", type=Text).insert(5, " world")
-        await until(a, lambda: text(a) == "hello world")
+        await eventually(lambda: text(a) == "hello world", feeds=[a.events])
         with a.transaction():
             a.get("log", type=Array).append("from a")
         with b.transaction():
             b.get("log", type=Array).append("from b")
         both = {"from a", "from b"}
-        await until(a, lambda: set(a.get("log", type=Array).to_py() or []) == both)
-        await until(b, lambda: set(b.get("log", type=Array).to_py() or []) == both)
+        await eventually(
+            lambda: set(a.get("log", type=Array).to_py() or []) == both, feeds=[a.events]
+        )
+        await eventually(
+            lambda: set(b.get("log", type=Array).to_py() or []) == both, feeds=[b.events]
+        )
         assert a.get("log", type=Array).to_py() == b.get("log", type=Array).to_py()
         assert text(a) == text(b)
 
@@ -80,47 +72,45 @@ async def test_a_newcomer_receives_and_contributes_content() -> None:
         a.get("t", type=Text).insert(0, "from a;")
         c.get("log", type=Array).append("c was offline")
         async with open_provider(a, ta, "room"), open_provider(b, tb, "room"):
-            await until(b, lambda: text(b) == "from a;")
+            await eventually(lambda: text(b) == "from a;", feeds=[b.events])
             # c edited before joining: its step 1 is answered, and the peers ask it back.
             async with open_provider(c, tc, "room"):
-                await until(c, lambda: text(c) == "from a;")
-                await until(a, lambda: a.get("log", type=Array).to_py() == ["c was offline"])
-                await until(b, lambda: b.get("log", type=Array).to_py() == ["c was offline"])
+                await eventually(lambda: text(c) == "from a;", feeds=[c.events])
+                await eventually(
+                    lambda: a.get("log", type=Array).to_py() == ["c was offline"], feeds=[a.events]
+                )
+                await eventually(
+                    lambda: b.get("log", type=Array).to_py() == ["c was offline"], feeds=[b.events]
+                )
 
 
 async def test_rooms_are_separate() -> None:
     async with pods(2) as [(ta, a), (tb, b)]:
-        other = Doc()
+        other: Doc[Any] = Doc()
         async with (
             open_provider(a, ta, "room-1"),
             open_provider(b, tb, "room-1"),
             open_provider(other, tb, "room-2"),
         ):
             a.get("t", type=Text).insert(0, "only room 1")
-            await until(b, lambda: text(b) == "only room 1")
+            await eventually(lambda: text(b) == "only room 1", feeds=[b.events])
             assert text(other) == ""
 
 
 class Publishes:
-    """Counts a transport's publishes and wakes a waiter on each (no polling)."""
+    """Counts a transport's publishes; ``changed`` is notified after each."""
 
     def __init__(self, tr: MemoryTransport) -> None:
         self.count = 0
-        self._changed = anyio.Event()
+        self.changed = Notifier()
         real = tr.publish
 
         async def publish(topic: str, message: bytes) -> None:
             await real(topic, message)
             self.count += 1
-            self._changed.set()
+            self.changed.notify()
 
         tr.publish = publish  # type: ignore[method-assign]
-
-    async def wait_for(self, count: int) -> None:
-        with anyio.fail_after(TIMEOUT):
-            while self.count < count:
-                await self._changed.wait()
-                self._changed = anyio.Event()
 
 
 async def test_updates_lost_in_a_partition_are_repaired_by_the_gap_resync() -> None:
@@ -135,39 +125,33 @@ async def test_updates_lost_in_a_partition_are_repaired_by_the_gap_resync() -> N
             a.get("t", type=Text).insert(0, "made during the partition")
             b.get("log", type=Array).append("b too")
             # Both providers publish their update into the partition, where it is lost.
-            await sent_a.wait_for(before_a + 1)
-            await sent_b.wait_for(before_b + 1)
+            await eventually(lambda: sent_a.count > before_a, wake=[sent_a.changed])
+            await eventually(lambda: sent_b.count > before_b, wake=[sent_b.changed])
             assert text(b) == ""
             net.heal()  # both transports report a gap; both channels resync
-            await until(b, lambda: text(b) == "made during the partition")
-            await until(a, lambda: a.get("log", type=Array).to_py() == ["b too"])
+            await eventually(lambda: text(b) == "made during the partition", feeds=[b.events])
+            await eventually(
+                lambda: a.get("log", type=Array).to_py() == ["b too"], feeds=[a.events]
+            )
 
 
 async def test_malformed_messages_are_dropped_and_reported() -> None:
-    errors: list[PodshareError] = []
-    got_error = anyio.Event()
-
-    def on_error(exc: PodshareError) -> None:
-        errors.append(exc)
-        got_error.set()
-
+    errors = ErrorLog()
     async with (
         pods(2) as [(ta, a), (tb, b)],
-        open_provider(a, ta, "room", on_error=on_error),
+        open_provider(a, ta, "room", on_error=errors),
         open_provider(b, tb, "room"),
     ):
         # Garbage, an unknown envelope version, a bad Yjs message, a broken update.
         bad_update = b"\x00\x02" + bytes([5]) + b"\xff\xff\xff\xff\xff"
         for junk in (b"", b"\x09xx", b"\x01\x01Z\x07", b"\x01\x01Z" + bad_update):
             await tb.publish("yjs/room", junk)
-        with anyio.fail_after(TIMEOUT):
-            while len(errors) < 4:
-                await got_error.wait()
-                got_error = anyio.Event()
+        await errors.wait_for(4, timeout=TIMEOUT)
         # The provider still works.
         b.get("t", type=Text).insert(0, "still fine")
-        await until(a, lambda: text(a) == "still fine")
-    assert all(isinstance(e, PodshareError) for e in errors)
+        await eventually(lambda: text(a) == "still fine", feeds=[a.events])
+    assert len(errors) == 4
+    assert all(isinstance(e, PodshareError) for e in errors.errors)
 
 
 async def test_channel_routes_step2_replies_to_the_asker() -> None:
@@ -208,14 +192,11 @@ def test_bad_options_are_refused() -> None:
         TransportChannel(tr, "room", buffer=0)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("redis") is None, reason="the Redis test needs redis-py"
-)
+@pytest.mark.integration
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py is asyncio-only
-async def test_live_docs_sync_through_redis(redis_server: Any) -> None:
-    from podshare.transport import RedisTransport
-
-    a, b = Doc(), Doc()
+async def test_live_docs_sync_through_redis(redis_server: RedisServer) -> None:
+    a: Doc[Any] = Doc()
+    b: Doc[Any] = Doc()
     a.get("t", type=Text).insert(0, "before joining;")
     async with (
         RedisTransport(url=redis_server.url) as ta,
@@ -223,6 +204,6 @@ async def test_live_docs_sync_through_redis(redis_server: Any) -> None:
         open_provider(a, ta, "redis-room"),
         open_provider(b, tb, "redis-room"),
     ):
-        await until(b, lambda: text(b) == "before joining;")
+        await eventually(lambda: text(b) == "before joining;", feeds=[b.events])
         b.get("t", type=Text).insert(0, "b says hi;")
-        await until(a, lambda: text(a) == "b says hi;before joining;")
+        await eventually(lambda: text(a) == "b says hi;before joining;", feeds=[a.events])

@@ -1,8 +1,11 @@
-"""Store[YDoc]: pods editing one chat document agree, over memory, TCP and Redis."""
+"""Store[YDoc]: pods editing one chat document agree, over memory, TCP and Redis.
+
+Only the TCP and Redis variants need sockets or a server, so only they are marked
+``integration``; the scenario is the same on every transport.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -10,13 +13,18 @@ from typing import Any
 import anyio
 import pytest
 
-pytest.importorskip("pycrdt", reason="YDoc needs the yjs extra (pycrdt)")
-
 from podshare import Store
 from podshare.crdt import YDoc
-from podshare.transport import MemoryNetwork, MemoryTransport, Transport
+from podshare.transport import (
+    MemoryNetwork,
+    MemoryTransport,
+    RedisTransport,
+    TcpTransport,
+    Transport,
+)
+from tests._support import RedisServer, eventually
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = pytest.mark.anyio
 
 TIMEOUT = 20
 OPTIONS: dict[str, Any] = {"hydrate_timeout": 1.0, "anti_entropy_interval": 3600.0}
@@ -28,18 +36,6 @@ def messages(store: Store[YDoc]) -> list[Any]:
     return doc.array("messages") if doc is not None else []
 
 
-async def until(store: Store[YDoc], predicate: Callable[[], bool]) -> None:
-    """Wait, bounded, until ``predicate()`` holds, re-checking on each change of KEY."""
-    with anyio.fail_after(TIMEOUT):
-        async with store.watch(key=KEY) as events:
-            if predicate():
-                return
-            async for _ in events:
-                if predicate():
-                    return
-    raise AssertionError(f"{store.node_id}: the watch ended before the condition held")
-
-
 def say(role: str, text: str) -> Callable[[YDoc], YDoc]:
     return lambda doc: doc.append("messages", {"role": role, "text": text})
 
@@ -48,16 +44,17 @@ async def edit_one_chat(stores: Sequence[Store[YDoc]]) -> None:
     """The chat-cache scenario, on any transport: turns on different pods, then a race."""
     a, b = stores[0], stores[1]
     await a.update(KEY, say("user", "What is a CRDT?"))
-    await until(b, lambda: len(messages(b)) == 1)
+    await eventually(lambda: len(messages(b)) == 1, stores=[b], timeout=TIMEOUT)
     # Any pod answers the follow-up turn.
     await b.update(KEY, say("assistant", "A data type whose replicas always converge."))
-    await until(a, lambda: len(messages(a)) == 2)
+    await eventually(lambda: len(messages(a)) == 2, stores=[a], timeout=TIMEOUT)
     # Both pods append at the same moment: neither turn is lost, and all agree on order.
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.update, KEY, say("user", "from a"))
         tg.start_soon(b.update, KEY, say("user", "from b"))
-    for store in stores:
-        await until(store, lambda s=store: len(messages(s)) == 4)  # type: ignore[misc]
+    await eventually(
+        lambda: all(len(messages(s)) == 4 for s in stores), stores=stores, timeout=TIMEOUT
+    )
     assert all(s.get(KEY) == a.get(KEY) for s in stores)
     assert all(messages(s) == messages(a) for s in stores)
     assert {m["text"] for m in messages(a)[2:]} == {"from a", "from b"}
@@ -94,7 +91,7 @@ async def test_three_pods_and_a_late_joiner_agree() -> None:
             MemoryTransport(network=net, name="late") as tr,
             Store[YDoc]("chats", tr, node_id="late", **OPTIONS) as late,
         ):
-            await until(late, lambda: late.get(KEY) == stores[0].get(KEY))
+            await eventually(lambda: late.get(KEY) == stores[0].get(KEY), stores=[late])
             assert messages(late) == messages(stores[0])
 
 
@@ -102,12 +99,12 @@ async def test_an_edit_ships_the_update_not_the_document() -> None:
     async with stores_on(memory_pods(2)) as (a, b):
         history = [{"role": "user", "text": f"message number {i}"} for i in range(1000)]
         await a.update(KEY, lambda d: d.extend("messages", history))
-        await until(b, lambda: len(messages(b)) == 1000)
+        await eventually(lambda: len(messages(b)) == 1000, stores=[b], timeout=TIMEOUT)
         whole = len(a[KEY].to_update())
         before = a.stats().bytes_sent
         await a.update(KEY, say("user", "one more"))
         sent = a.stats().bytes_sent - before
-        await until(b, lambda: len(messages(b)) == 1001)
+        await eventually(lambda: len(messages(b)) == 1001, stores=[b], timeout=TIMEOUT)
         # Envelope included, and perhaps a heartbeat: still a sliver of the document.
         assert sent < 1000 < whole // 20
         assert b[KEY] == a[KEY]
@@ -116,26 +113,20 @@ async def test_an_edit_ships_the_update_not_the_document() -> None:
 async def test_deleting_a_chat_and_starting_again() -> None:
     async with stores_on(memory_pods(2)) as (a, b):
         await a.update(KEY, say("user", "old conversation"))
-        await until(b, lambda: len(messages(b)) == 1)
+        await eventually(lambda: len(messages(b)) == 1, stores=[b])
         await b.delete(KEY)
-        await until(a, lambda: a.get(KEY) is None)
+        await eventually(lambda: a.get(KEY) is None, stores=[a])
         await a.update(KEY, say("user", "new conversation"))
-        await until(b, lambda: messages(b) == [{"role": "user", "text": "new conversation"}])
+        await eventually(
+            lambda: messages(b) == [{"role": "user", "text": "new conversation"}], stores=[b]
+        )
 
 
 # -- TCP and Redis ------------------------------------------------------------------------
 
-_HAS_TCP = importlib.util.find_spec("podshare.transport.tcp") is not None
-_HAS_REDIS = (
-    importlib.util.find_spec("podshare.transport.redis") is not None
-    and importlib.util.find_spec("redis") is not None
-)
 
-
-@pytest.mark.skipif(not _HAS_TCP, reason="podshare.transport.tcp is not available")
+@pytest.mark.integration
 async def test_two_pods_edit_one_chat_over_tcp() -> None:
-    from podshare.transport import TcpTransport
-
     async with (
         TcpTransport(node_id="tcp-b") as tb,
         TcpTransport(node_id="tcp-a", peers=[tb.address]) as ta,
@@ -150,11 +141,9 @@ async def test_two_pods_edit_one_chat_over_tcp() -> None:
             await edit_one_chat([a, b])
 
 
-@pytest.mark.skipif(not _HAS_REDIS, reason="podshare.transport.redis or redis-py is missing")
+@pytest.mark.integration
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py is asyncio-only
-async def test_two_pods_edit_one_chat_over_redis(redis_server: Any) -> None:
-    from podshare.transport import RedisTransport
-
+async def test_two_pods_edit_one_chat_over_redis(redis_server: RedisServer) -> None:
     async with stores_on(
         [RedisTransport(url=redis_server.url), RedisTransport(url=redis_server.url)]
     ) as stores:

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from podshare.crdt import LWW, GSet, ORSet, PNCounter, Stamp
@@ -120,16 +120,80 @@ garbage = st.recursive(
     max_leaves=20,
 )
 
-DECODERS = [GSet.from_wire, PNCounter.from_wire, ORSet.from_wire, Stamp.from_wire, LWW.from_wire]
+
+def _element(x: Any) -> Any:
+    """The model of an element's wire form: arrays are tuples."""
+    return tuple(_element(item) for item in x) if isinstance(x, list | tuple) else x
 
 
-@pytest.mark.parametrize("decode", DECODERS, ids=lambda f: f.__qualname__)
+def _packed(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj)
+    return data
+
+
+# What each decoder must make of input it accepts, written from the documented wire forms
+# (not from the decoders): the canonical wire form of the decoded value, or its content.
+def _expect_gset(data: Any, value: GSet[Any]) -> None:
+    assert set(value) == {_element(x) for x in data.get("e", [])}
+
+
+def _expect_pncounter(data: Any, value: PNCounter) -> None:
+    p, n = data.get("p", {}), data.get("n", {})
+    assert value.to_wire() == {"n": dict(sorted(n.items())), "p": dict(sorted(p.items()))}
+    assert value.value == sum(p.values()) - sum(n.values())
+
+
+def _expect_orset(data: Any, value: ORSet[Any]) -> None:
+    entries = {_element(x): {tuple(dot) for dot in dots} for x, dots in data.get("e", [])}
+    assert set(value) == set(entries)
+    wire = value.to_wire()
+    assert {_element(x): {tuple(dot) for dot in dots} for x, dots in wire["e"]} == entries
+
+
+def _expect_stamp(data: Any, value: Stamp) -> None:
+    assert value.to_wire() == list(data)
+
+
+def _expect_lww(data: Any, value: LWW[Any]) -> None:
+    # Compared as bytes: a NaN value is not equal to itself.
+    assert _packed(value.to_wire()) == _packed([data[0], list(data[1])])
+
+
+MODELS: list[tuple[Any, Any]] = [
+    (GSet, _expect_gset),
+    (PNCounter, _expect_pncounter),
+    (ORSet, _expect_orset),
+    (Stamp, _expect_stamp),
+    (LWW, _expect_lww),
+]
+# One valid form of each type, so the accepting branch below runs for every decoder.
+VALID_FORMS = [
+    {"e": [None, 1, "x", b"y", ["t", [2]]]},
+    {"p": {"a": 5, "b": 1}, "n": {"a": 2}},
+    {"v": {"a": 2}, "c": [["b", 1]], "e": [["x", [["a", 1], ["b", 1]]], [7, [["a", 2]]]]},
+    [5, 0, "n"],
+    [42.5, [9, 0, "a"]],
+]
+
+
+@pytest.mark.parametrize(("tp", "expect"), MODELS, ids=lambda x: getattr(x, "__name__", ""))
 @given(data=garbage)
-def test_garbage_raises_decode_error_and_nothing_else(decode: Any, data: Any) -> None:
+@example(data=VALID_FORMS[0])
+@example(data=VALID_FORMS[1])
+@example(data=VALID_FORMS[2])
+@example(data=VALID_FORMS[3])
+@example(data=VALID_FORMS[4])
+def test_garbage_raises_decode_error_or_decodes_to_what_it_says(
+    tp: Any, expect: Any, data: Any
+) -> None:
     try:
-        decode(data)
+        value = tp.from_wire(data)
     except DecodeError:
-        pass
+        return
+    expect(data, value)
+    # And the value round-trips to the same canonical bytes.
+    again = tp.from_wire(through_msgpack(value.to_wire()))
+    assert _packed(again.to_wire()) == _packed(value.to_wire())
 
 
 def _mutate(obj: Any, path: list[int], replacement: Any) -> Any:
@@ -153,5 +217,6 @@ def test_corrupted_real_wire_forms_raise_decode_error_and_nothing_else(
         decoded = type(value).from_wire(corrupted)
     except DecodeError:
         return
-    # Whatever was accepted is a well-formed value that re-encodes.
+    # Whatever was accepted is what the corrupted form says, and a value that re-encodes.
+    dict(MODELS)[type(value)](corrupted, decoded)
     assert type(decoded).from_wire(through_msgpack(decoded.to_wire())) == decoded

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from podshare.transport.base import Transport
 from podshare.transport.memory import MemoryNetwork, MemoryTransport
-from tests.integration.test_callreply_memory import Cluster, echo, eventually
+from tests._callreply import Cluster
+from tests._support import echo, eventually
 
 pytestmark = pytest.mark.anyio
 

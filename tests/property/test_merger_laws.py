@@ -96,7 +96,7 @@ class TestMergerInstanceLaws(MergerLaws):
 
 
 class KeepLeft:
-    def merge(self, a: Any, b: Any) -> Any:
+    def merge(self, a: Any, _b: Any) -> Any:
         return a
 
 

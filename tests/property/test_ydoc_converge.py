@@ -6,11 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import msgpack
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-pytest.importorskip("pycrdt", reason="YDoc needs the yjs extra (pycrdt)")
 
 from podshare.crdt import YDoc
 

@@ -2,7 +2,7 @@
 
 The route table is replaced by a shared dict and a set of live nodes, so these tests pin
 the protocol (envelopes, inboxes, pending calls, concurrency, errors) independently of
-the replicated store; tests/integration/test_callreply_memory.py covers the real thing.
+the replicated store; tests/unit/test_callreply_memory.py covers the real thing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from podshare.exceptions import (
     RemoteError,
 )
 from podshare.transport.memory import MemoryNetwork, MemoryTransport
+from tests._support import Held, answering, echo, eventually, raising
 
 pytestmark = pytest.mark.anyio
 
@@ -121,17 +122,6 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield Cluster(stack, MemoryNetwork(), World())
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a counter the code under test updates asynchronously (it offers no event)."""
-    with anyio.fail_after(5):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.001)
-
-
-async def echo(payload: bytes) -> bytes:
-    return b"echo:" + payload
-
-
 class Boom(Exception):
     pass
 
@@ -188,11 +178,7 @@ async def test_self_call_runs_in_process_and_keeps_the_exception(cluster: Cluste
 
 async def test_self_call_keeps_a_handlers_timeout_error(cluster: Cluster) -> None:
     a = await cluster.endpoint("a")
-
-    async def handler(data: bytes) -> bytes:
-        raise TimeoutError("the handler's own")
-
-    await a.register("t", "m", handler)
+    await a.register("t", "m", raising(TimeoutError, "the handler's own"))
     with pytest.raises(TimeoutError, match="the handler's own") as info:
         await a.call("t", "m", b"")
     assert not isinstance(info.value, CallTimeout)
@@ -216,41 +202,26 @@ async def test_owner_down_at_call_time_fails_at_once(cluster: Cluster) -> None:
 async def test_owner_going_down_fails_the_waiting_call(cluster: Cluster) -> None:
     a = await cluster.endpoint("a", call_timeout=60)
     b = await cluster.endpoint("b")
-    started = anyio.Event()
-
-    async def stuck(payload: bytes) -> bytes:
-        started.set()
-        await anyio.sleep_forever()
-        raise AssertionError
-
+    stuck = Held()
     await b.register("t", "m", stuck)
-    outcome: list[BaseException] = []
 
     async def caller() -> None:
-        try:
+        with pytest.raises(OwnerUnavailable):
             await a.call("t", "m", b"")
-        except Exception as exc:
-            outcome.append(exc)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(caller)
-            await started.wait()
+            await stuck.started.wait()
             cluster.net.disconnect("b")  # b is killed: it never answers
             cluster.world.down("b")
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], OwnerUnavailable)
     assert a.stats().calls_pending == 0
 
 
 async def test_handler_error_becomes_remote_error(cluster: Cluster) -> None:
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
-
-    async def handler(payload: bytes) -> bytes:
-        raise Boom("it broke")
-
-    await a.register("t", "m", handler)
+    await a.register("t", "m", raising(Boom, "it broke"))
     with pytest.raises(RemoteError) as info:
         await b.call("t", "m", b"")
     assert info.value.type_name == f"{__name__}.Boom"
@@ -262,7 +233,7 @@ async def test_handler_returning_non_bytes_is_a_remote_type_error(cluster: Clust
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
 
-    async def handler(payload: bytes) -> bytes:
+    async def handler(_payload: bytes) -> bytes:
         return "text"  # type: ignore[return-value]
 
     await a.register("t", "m", handler)
@@ -287,12 +258,8 @@ async def test_route_moves_when_the_target_registers_elsewhere(cluster: Cluster)
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
     c = await cluster.endpoint("c")
-
-    async def on_b(payload: bytes) -> bytes:
-        return b"b"
-
     await a.register("t", "m", echo)
-    await b.register("t", "m", on_b)
+    await b.register("t", "m", answering(b"b"))
     assert c.owner("t") == "b"
     assert await c.call("t", "m", b"") == b"b"
     # a's stale unregister must not erase b's newer claim.
@@ -331,13 +298,7 @@ async def test_stale_route_is_retried_once_on_the_new_owner(cluster: Cluster) ->
 async def test_concurrency_limit_answers_busy(cluster: Cluster) -> None:
     a = await cluster.endpoint("a", max_concurrency=1)
     b = await cluster.endpoint("b")
-    started, release = anyio.Event(), anyio.Event()
-
-    async def slow(payload: bytes) -> bytes:
-        started.set()
-        await release.wait()
-        return b"done"
-
+    slow = Held(b"done")
     await a.register("t", "m", slow)
     results: list[bytes] = []
     with anyio.fail_after(5):
@@ -347,12 +308,12 @@ async def test_concurrency_limit_answers_busy(cluster: Cluster) -> None:
                 results.append(await b.call("t", "m", b""))
 
             tg.start_soon(first)
-            await started.wait()
+            await slow.started.wait()
             with pytest.raises(EndpointBusy):
                 await b.call("t", "m", b"")
             with pytest.raises(EndpointBusy):
                 await a.call("t", "m", b"")  # a self-call counts too
-            release.set()
+            slow.release()
     assert results == [b"done"]
     assert a.stats().requests_busy == 1
     assert a.stats().handlers_active == 0
@@ -363,42 +324,31 @@ async def test_cancelled_caller_leaves_nothing_and_late_reply_is_counted(
 ) -> None:
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
-    started, release = anyio.Event(), anyio.Event()
-
-    async def slow(payload: bytes) -> bytes:
-        started.set()
-        await release.wait()
-        return b"late"
-
+    slow = Held(b"late")
     await a.register("t", "m", slow)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.call, "t", "m", b"")
-            await started.wait()
+            await slow.started.wait()
             assert b.stats().calls_pending == 1
             tg.cancel_scope.cancel()
     assert b.stats().calls_pending == 0
-    release.set()
-    await wait_until(lambda: b.stats().replies_late == 1)
+    slow.release()
+    await eventually(lambda: b.stats().replies_late == 1, timeout=5)
 
 
 async def test_timeout_raises_call_timeout_and_stops_the_handler(cluster: Cluster) -> None:
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
-    started = anyio.Event()
-
-    async def stuck(payload: bytes) -> bytes:
-        started.set()
-        await anyio.sleep_forever()
-        raise AssertionError
-
+    stuck = Held()
     await a.register("t", "m", stuck)
     with pytest.raises(CallTimeout) as info:
         await b.call("t", "m", b"", timeout=0.05)
     assert isinstance(info.value, TimeoutError)
     assert b.stats().calls_pending == 0
     # The owner gives the handler the caller's budget, then cancels it.
-    await wait_until(lambda: a.stats().handlers_active == 0)
+    await eventually(lambda: a.stats().handlers_active == 0, timeout=5)
+    assert stuck.cancelled.is_set()
     with pytest.raises(CallTimeout):
         await a.call("t", "m", b"", timeout=0.01)
 
@@ -411,7 +361,7 @@ async def test_garbage_in_the_inbox_is_counted_and_skipped(cluster: Cluster) -> 
     async with tr:
         for junk in (b"", b"\xc1", b"\x93\x01\x00\x05", b"\xdb\xff\xff\xff\xff"):
             await tr.publish("cr/default#a", junk)
-    await wait_until(lambda: a.stats().decode_errors == 4)
+    await eventually(lambda: a.stats().decode_errors == 4, timeout=5)
     assert await b.call("t", "m", b"still") == b"echo:still"
 
 
@@ -430,34 +380,19 @@ async def test_closing_cancels_handlers_and_tells_the_caller(cluster: Cluster) -
     tr = await cluster.stack.enter_async_context(MemoryTransport(network=cluster.net, name="a"))
     a = FakeEndpoint(tr, node_id="a")
     a.world = cluster.world
-    started = anyio.Event()
-    cancelled = anyio.Event()
-
-    async def stuck(payload: bytes) -> bytes:
-        started.set()
-        try:
-            await anyio.sleep_forever()
-        finally:
-            cancelled.set()
-        raise AssertionError
-
-    outcome: list[BaseException] = []
+    stuck = Held()
 
     async def caller() -> None:
-        try:
+        with pytest.raises(OwnerUnavailable):
             await b.call("t", "m", b"")
-        except Exception as exc:
-            outcome.append(exc)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             async with a:
                 await a.register("t", "m", stuck)
                 tg.start_soon(caller)
-                await started.wait()
-            assert cancelled.is_set()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], OwnerUnavailable)
+                await stuck.started.wait()
+            assert stuck.cancelled.is_set()
     with pytest.raises(ClosedError):
         await a.call("t", "m", b"")
 
@@ -469,20 +404,19 @@ async def test_closing_fails_local_waiting_calls(cluster: Cluster) -> None:
     a = FakeEndpoint(tr, node_id="a", call_timeout=60)
     a.world = cluster.world
     cluster.world.routes["t"] = "b"
-    outcome: list[BaseException] = []
+    closed = False
 
     async def caller() -> None:
-        try:
+        nonlocal closed
+        with pytest.raises(ClosedError):
             await a.call("t", "m", b"")
-        except Exception as exc:
-            outcome.append(exc)
+        closed = True
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg, a:
             tg.start_soon(caller)
-            await wait_until(lambda: a.stats().calls_pending == 1)
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], ClosedError)
+            await eventually(lambda: a.stats().calls_pending == 1, timeout=5)
+    assert closed
 
 
 @pytest.mark.parametrize(
@@ -521,17 +455,13 @@ async def test_unopened_endpoint_is_closed() -> None:
 async def test_a_blocked_handler_does_not_stop_the_inbox(cluster: Cluster) -> None:
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
-    gate = anyio.Event()
+    gate = Held(b"through")
 
-    async def wait_for_gate(payload: bytes) -> bytes:
-        await gate.wait()
-        return b"through"
-
-    async def open_gate(payload: bytes) -> bytes:
-        gate.set()
+    async def open_gate(_payload: bytes) -> bytes:
+        gate.release()
         return b"opened"
 
-    await a.register("t", "wait", wait_for_gate)
+    await a.register("t", "wait", gate)
     await a.register("t", "open", open_gate)
     results: dict[str, bytes] = {}
 
@@ -541,7 +471,7 @@ async def test_a_blocked_handler_does_not_stop_the_inbox(cluster: Cluster) -> No
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(call, "wait")
-            await wait_until(lambda: a.stats().handlers_active == 1)
+            await eventually(lambda: a.stats().handlers_active == 1, timeout=5)
             tg.start_soon(call, "open")
     assert results == {"wait": b"through", "open": b"opened"}
 

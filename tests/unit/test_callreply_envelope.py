@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from podshare.callreply._envelope import (
@@ -124,16 +124,38 @@ def test_garbage_raises_decode_error(data: bytes) -> None:
         decode(data, max_size=LIMIT)
 
 
+def _assert_says_what_its_msgpack_says(data: bytes, decoded: Request | Reply) -> None:
+    """``decoded`` is the envelope ``data`` holds, read independently by msgpack itself,
+    and it re-encodes to the same msgpack value (not always the same bytes: msgpack has
+    several encodings of one integer)."""
+    items = msgpack.unpackb(data, raw=False)
+    if isinstance(decoded, Request):
+        assert items[:2] == [1, 0]
+        assert tuple(decoded) == tuple(items[2:])
+        again = encode_request(decoded)
+    else:
+        assert items[:2] == [1, 1]
+        assert tuple(decoded) == (items[2], Status(items[3]), *items[4:])
+        again = encode_reply(decoded)
+    assert msgpack.unpackb(again, raw=False) == items
+    assert decode(again, max_size=LIMIT) == decoded
+
+
 @given(st.binary(max_size=300))
-def test_random_bytes_never_raise_anything_but_protocol_errors(data: bytes) -> None:
+@example(encode_request(Request(7, "pod-1", "user:42", "push", b"hi", 5000)))
+@example(encode_reply(Reply(7, Status.ERROR, b"", "ValueError", "bad")))
+# The call id as a uint64 and the status as a uint8: other bytes, the same envelope.
+@example(b"\x97\x01\x01\xcf" + (7).to_bytes(8, "big") + b"\xcc\x00\xc4\x01x\xa0\xa0")
+def test_random_bytes_decode_to_what_they_say_or_raise_protocol_errors(data: bytes) -> None:
     try:
-        decode(data, max_size=256)
+        decoded = decode(data, max_size=256)
     except ProtocolError:
-        pass
+        return
+    _assert_says_what_its_msgpack_says(data, decoded)
 
 
 @given(requests, st.data())
-def test_corrupted_requests_decode_or_raise_protocol_errors(
+def test_corrupted_requests_decode_to_what_they_say_or_raise_protocol_errors(
     request_: Request, data: st.DataObject
 ) -> None:
     raw = bytearray(encode_request(request_))
@@ -143,4 +165,4 @@ def test_corrupted_requests_decode_or_raise_protocol_errors(
         decoded = decode(bytes(raw), max_size=LIMIT)
     except ProtocolError:
         return
-    assert isinstance(decoded, Request | Reply)
+    _assert_says_what_its_msgpack_says(bytes(raw), decoded)

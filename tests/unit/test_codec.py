@@ -6,14 +6,17 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import json
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal, TypedDict
 
 import attrs
+import msgpack
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from podshare.exceptions import ConfigurationError, DecodeError, InvalidValue
@@ -289,14 +292,65 @@ def test_well_formed_data_of_the_wrong_shape_is_a_decode_error(fmt: str, data: b
         value_codec(Config, fmt).decode(data)
 
 
+def _read(data: bytes, fmt: str) -> Any:
+    """``data`` read by a decoder independent of msgspec: the stdlib's json, or msgpack."""
+    if fmt == "json":
+        return json.loads(data)
+    # An extension type stays (code, data); code -1 is the timestamp, read as a datetime.
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=False, timestamp=3, ext_hook=msgspec.msgpack.Ext
+    )
+
+
+def _config_model(obj: Any) -> Config:
+    """The Config a decoded mapping describes (unknown fields ignored, like msgspec)."""
+    assert isinstance(obj, dict)
+    assert type(obj["rate_limit"]) is int
+    flags = obj.get("feature_flags", {})
+    assert all(type(k) is str and type(v) is bool for k, v in flags.items())
+    return Config(obj["rate_limit"], flags)
+
+
+def _dict_model(obj: Any) -> dict[str, int]:
+    assert isinstance(obj, dict)
+    assert all(type(k) is str and type(v) is int for k, v in obj.items())
+    return obj
+
+
+# For each type: what its codec must make of bytes it accepts, given them read by _read
+# (a wire-form type reads msgpack whatever the format).
+MODELS: list[tuple[Any, Callable[[bytes, str], Any]]] = [
+    (None, _read),
+    (Config, lambda data, fmt: _config_model(_read(data, fmt))),
+    (dict[str, int], lambda data, fmt: _dict_model(_read(data, fmt))),
+    (Tags, lambda data, _fmt: Tags.from_wire(_read(data, "msgpack"))),
+]
+# Bytes each codec accepts, so the accepting branch runs for every type.
+ACCEPTED = [
+    b'{"rate_limit": 5, "feature_flags": {"beta": true}, "x": [1.5, null, "s"]}',
+    msgspec.msgpack.encode({"rate_limit": 5, "feature_flags": {"beta": True}}),
+    b'{"a": 1, "b": -2}',
+    msgspec.msgpack.encode({"a": 1, "b": -2}),
+    msgspec.msgpack.encode({"t": ["x", "y"]}),
+]
+
+
 @settings(max_examples=200)
 @given(data=st.binary(max_size=64), fmt=st.sampled_from(FORMATS))
-def test_random_bytes_decode_or_raise_decode_error(data: bytes, fmt: str) -> None:
-    for tp in (None, Config, dict[str, int], Tags):
+@example(data=ACCEPTED[0], fmt="json")
+@example(data=ACCEPTED[1], fmt="msgpack")
+@example(data=ACCEPTED[2], fmt="json")
+@example(data=ACCEPTED[3], fmt="msgpack")
+@example(data=ACCEPTED[4], fmt="json")
+def test_random_bytes_decode_to_what_they_say_or_raise_decode_error(data: bytes, fmt: str) -> None:
+    for tp, model in MODELS:
+        vc = value_codec(tp, fmt)
         try:
-            value_codec(tp, fmt).decode(data)
+            value = vc.decode(data)
         except DecodeError:
-            pass
+            continue
+        assert value == model(data, fmt)
+        assert vc.decode(vc.encode(value)) == value
 
 
 @pytest.mark.parametrize("fmt", [*FORMATS, None])
@@ -384,7 +438,7 @@ def test_user_codec_errors_are_mapped() -> None:
 
 def test_user_codec_returning_non_bytes_is_refused() -> None:
     class Bad:
-        def encode(self, obj: Any) -> bytes:
+        def encode(self, _obj: Any) -> bytes:
             return "text"  # type: ignore[return-value]
 
         def decode(self, data: bytes) -> Any:

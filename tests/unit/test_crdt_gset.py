@@ -49,7 +49,7 @@ def test_equality_hash_repr() -> None:
     [None, 0, -(2**63), 2**64 - 1, "", "text", b"\x00", (), (1, "a", (b"x", None))],
 )
 def test_supported_elements(element: object) -> None:
-    s = GSet().add(element)
+    s = GSet[object]().add(element)
     assert element in s
     wire = msgpack.unpackb(msgpack.packb(s.to_wire()))
     assert GSet.from_wire(wire) == s
@@ -61,7 +61,7 @@ def test_supported_elements(element: object) -> None:
 )
 def test_unsupported_elements_raise_invalid_value(element: object) -> None:
     with pytest.raises(InvalidValue):
-        GSet().add(element)
+        GSet[object]().add(element)
     with pytest.raises(InvalidValue):
         GSet([element])
 
@@ -71,7 +71,7 @@ def test_deeply_nested_tuple_refused() -> None:
     for _ in range(40):
         deep = (deep,)
     with pytest.raises(InvalidValue):
-        GSet().add(deep)
+        GSet[object]().add(deep)
 
 
 def test_to_wire_is_canonical_and_sorted() -> None:
@@ -98,7 +98,7 @@ def test_from_wire_rejects_malformed(bad: object) -> None:
 
 
 def test_delta_of_one_add_is_cached_and_small() -> None:
-    big = GSet(range(10_000))
+    big = GSet[int | str](range(10_000))
     new = big.add("fresh")
     delta = new.delta_from(big)
     assert delta == GSet(["fresh"])

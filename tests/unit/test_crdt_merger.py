@@ -92,10 +92,15 @@ def test_lww_is_frozen_and_hashable() -> None:
     assert hash(r) == hash(LWW(1, Stamp(1, 0, "n")))
 
 
+def _as_tuple(raw: object) -> tuple[object, ...]:
+    assert isinstance(raw, list)
+    return tuple(raw)
+
+
 def test_lww_wire_with_and_without_codec() -> None:
     r = LWW((1, 2), Stamp(3, 4, "n"))
     assert r.to_wire(list) == [[1, 2], [3, 4, "n"]]
-    assert LWW.from_wire([[1, 2], [3, 4, "n"]], tuple) == r
+    assert LWW.from_wire([[1, 2], [3, 4, "n"]], _as_tuple) == r
     assert LWW.from_wire(["v", [3, 4, "n"]]) == LWW("v", Stamp(3, 4, "n"))
 
 

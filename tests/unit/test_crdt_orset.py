@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 
@@ -19,7 +21,7 @@ def test_empty() -> None:
 
 
 def test_add_remove_contains() -> None:
-    s = ORSet().add("a", "n1").add("b", "n1")
+    s = ORSet[Any]().add("a", "n1").add("b", "n1")
     assert set(s) == {"a", "b"}
     assert len(s) == 2
     t = s.remove("a")
@@ -30,7 +32,7 @@ def test_add_remove_contains() -> None:
 
 
 def test_concurrent_add_and_remove_add_wins() -> None:
-    base = ORSet().add("x", "a")
+    base = ORSet[Any]().add("x", "a")
     added = base.add("x", "a")
     removed = base.remove("x")
     assert "x" in added.merge(removed)
@@ -38,21 +40,21 @@ def test_concurrent_add_and_remove_add_wins() -> None:
 
 
 def test_concurrent_fresh_add_on_other_node_survives_remove() -> None:
-    base = ORSet().add("x", "a")
+    base = ORSet[Any]().add("x", "a")
     removed = base.remove("x")
-    other = ORSet().add("x", "b")  # never saw base
+    other = ORSet[Any]().add("x", "b")  # never saw base
     assert "x" in removed.merge(other)
 
 
 def test_remove_after_observed_add_wins() -> None:
-    a = ORSet().add("x", "a")
-    b = ORSet().merge(a).remove("x")
+    a = ORSet[Any]().add("x", "a")
+    b = ORSet[Any]().merge(a).remove("x")
     assert "x" not in a.merge(b)
     assert "x" not in b.merge(a)
 
 
 def test_remove_leaves_no_element_tombstone() -> None:
-    s = ORSet()
+    s: ORSet[Any] = ORSet()
     for i in range(100):
         s = s.add(i, "a").remove(i)
     wire = s.to_wire()
@@ -60,18 +62,18 @@ def test_remove_leaves_no_element_tombstone() -> None:
 
 
 def test_dots_are_unique_per_node() -> None:
-    s = ORSet().add("x", "a").add("y", "a").add("x", "b")
+    s = ORSet[Any]().add("x", "a").add("y", "a").add("x", "b")
     wire = s.to_wire()
     assert wire["v"] == {"a": 2, "b": 1}
     assert wire["e"] == [["x", [["b", 1]]], ["y", [["a", 2]]]]
 
 
 def test_out_of_order_dots_go_to_the_cloud_and_compact() -> None:
-    s = ORSet()
+    s: ORSet[Any] = ORSet()
     for i in range(3):
         s = s.add(i, "a")
     d3 = s.add("late", "a").delta_from(s)  # dot (a, 4) only
-    gapped = ORSet().merge(d3)
+    gapped = ORSet[Any]().merge(d3)
     assert gapped.to_wire()["c"] == [["a", 4]]
     assert gapped.to_wire()["v"] == {}
     # The node's earlier dots arrive: the cloud folds into the version vector.
@@ -82,28 +84,28 @@ def test_out_of_order_dots_go_to_the_cloud_and_compact() -> None:
 
 
 def test_clear_removes_only_observed_elements() -> None:
-    base = ORSet().add(1, "a").add(2, "a")
+    base = ORSet[Any]().add(1, "a").add(2, "a")
     cleared = base.clear()
     concurrent = base.add(3, "b")
     assert set(cleared.merge(concurrent)) == {3}
-    assert ORSet().clear() == ORSet()
+    assert ORSet[Any]().clear() == ORSet()
 
 
 @pytest.mark.parametrize("bad", [True, 1.5, [1], {"k": 1}])
 def test_unsupported_elements_raise_invalid_value(bad: object) -> None:
     with pytest.raises(InvalidValue):
-        ORSet().add(bad, "a")
+        ORSet[Any]().add(bad, "a")
 
 
 @pytest.mark.parametrize("node", ["", None, 5, "n" * 257])
 def test_bad_node_raises_invalid_value(node: object) -> None:
     with pytest.raises(InvalidValue):
-        ORSet().add("x", node)  # type: ignore[arg-type]
+        ORSet[Any]().add("x", node)  # type: ignore[arg-type]
 
 
 def test_equality_covers_history_and_hash() -> None:
-    a = ORSet().add("x", "a")
-    b = ORSet().add("x", "b")
+    a = ORSet[Any]().add("x", "a")
+    b = ORSet[Any]().add("x", "b")
     assert set(a) == set(b)
     assert a != b  # different dots: different states
     assert a.merge(b) == b.merge(a)
@@ -112,7 +114,7 @@ def test_equality_covers_history_and_hash() -> None:
 
 
 def test_wire_round_trip_and_canonical_form() -> None:
-    s = ORSet().add("b", "n2").add(("t", 1), "n1").add("a", "n1").remove("b").add(7, "n3")
+    s = ORSet[Any]().add("b", "n2").add(("t", 1), "n1").add("a", "n1").remove("b").add(7, "n3")
     wire = msgpack.unpackb(msgpack.packb(s.to_wire()))
     back = ORSet.from_wire(wire)
     assert back == s
@@ -174,7 +176,7 @@ def test_one_add_to_a_10k_element_set_ships_in_at_most_200_bytes() -> None:
 
 
 def test_delta_by_diff_matches_full_merge() -> None:
-    old = ORSet().add("a", "n").add("b", "n")
+    old = ORSet[Any]().add("a", "n").add("b", "n")
     new = old.remove("a").add("c", "m").add("b", "m")
     delta = new.delta_from(old)
     assert old.merge(delta) == new
@@ -182,15 +184,15 @@ def test_delta_by_diff_matches_full_merge() -> None:
 
 
 def test_delta_between_unrelated_states_gives_the_join() -> None:
-    left = ORSet().add("a", "n").add("b", "n")
-    right = ORSet().add("c", "m").merge(left).remove("a")
+    left = ORSet[Any]().add("a", "n").add("b", "n")
+    right = ORSet[Any]().add("c", "m").merge(left).remove("a")
     stale = left.add("d", "n")
     delta = right.delta_from(stale)
     assert stale.merge(delta) == stale.merge(right)
 
 
 def test_merge_with_a_derived_state_returns_the_derived_state() -> None:
-    s = ORSet().add("a", "n")
+    s = ORSet[Any]().add("a", "n")
     t = s.add("b", "n")
     assert s.merge(t) is t
     assert t.merge(s) is t

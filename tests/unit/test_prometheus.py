@@ -6,9 +6,6 @@ import dataclasses
 import gc
 
 import pytest
-
-pytest.importorskip("prometheus_client", reason="needs the 'prometheus' extra")
-
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -14,6 +14,9 @@ from podshare.exceptions import ClosedError, ConfigurationError
 from podshare.store import Store
 from podshare.transport import MemoryTransport
 
+# Alone on its transport, a store need not wait for peers to answer.
+ALONE: dict[str, Any] = {"hydrate_timeout": 0}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -94,7 +97,7 @@ def test_conflicting_type_parameter_and_option(tr: MemoryTransport) -> None:
 
 
 def test_good_options_are_accepted(tr: MemoryTransport) -> None:
-    store = Store(
+    store: Store[Any] = Store(
         "app",
         tr,
         node_id="pod-1",
@@ -124,20 +127,48 @@ def test_default_node_ids_are_unique(tr: MemoryTransport) -> None:
 
 def test_class_getitem() -> None:
     assert Store[Config] is Store[Config]
-    assert Store[Config] is not Store[int]
+    assert len({Store[Config], Store[int]}) == 2
     assert issubclass(Store[Config], Store)
     assert Store[Config].__name__ == "Store[Config]"
 
 
-def test_type_with_merge_method_is_its_own_merger(tr: MemoryTransport) -> None:
-    assert Store[GSet[str]]("tags", tr)._merger is not None
-    assert Store("hits", tr, type=PNCounter)._merger is not None
-    assert Store[int]("plain", tr)._merger is None
-    assert Store("custom", tr, type=int, merger=MaxMerger())._merger is not None  # type: ignore[arg-type]
+# In a merger store, `set` joins the value into the key; in a plain one, it replaces it.
+
+
+@pytest.mark.anyio
+async def test_a_type_with_a_merge_method_is_its_own_merger(tr: MemoryTransport) -> None:
+    async with tr, Store[GSet[str]]("tags", tr, **ALONE) as tags:
+        await tags.set("k", GSet(["a"]))
+        await tags.set("k", GSet(["b"]))
+        assert tags["k"] == GSet(["a", "b"])
+
+
+@pytest.mark.anyio
+async def test_the_type_option_finds_the_merger_too(tr: MemoryTransport) -> None:
+    async with tr, Store("hits", tr, type=PNCounter, **ALONE) as hits:
+        await hits.set("n", PNCounter().increment("a", 2))
+        await hits.set("n", PNCounter().increment("b", 3))
+        assert hits["n"].value == 5  # both writes count; a plain store would keep 3
+
+
+@pytest.mark.anyio
+async def test_a_plain_type_is_last_writer_wins(tr: MemoryTransport) -> None:
+    async with tr, Store[int]("plain", tr, **ALONE) as plain:
+        await plain.set("k", 5)
+        await plain.set("k", 3)
+        assert plain["k"] == 3
+
+
+@pytest.mark.anyio
+async def test_a_merger_option_joins_plain_values(tr: MemoryTransport) -> None:
+    async with tr, Store[int]("custom", tr, merger=MaxMerger(), **ALONE) as custom:
+        await custom.set("k", 5)
+        await custom.set("k", 3)
+        assert custom["k"] == 5  # max(5, 3): joined, not replaced
 
 
 def test_unopened_store_refuses_use(tr: MemoryTransport) -> None:
-    store = Store("app", tr)
+    store: Store[Any] = Store("app", tr)
     with pytest.raises(ClosedError):
         store.get("k")
     with pytest.raises(ClosedError):

@@ -79,7 +79,7 @@ async def test_full_buffer_drops_the_watcher_and_its_iteration_ends() -> None:
 
 async def test_membership_events_only_reach_members_watchers() -> None:
     reg: WatcherRegistry[object] = WatcherRegistry(buffer=8)
-    up = Event(EventKind.NODE_UP, "node-2", None, "node-2", None)
+    up: Event[object] = Event(EventKind.NODE_UP, "node-2", None, "node-2", None)
     async with reg.open() as plain, reg.open(prefix="ws:", members=True) as members:
         reg.dispatch([up, ev("ws:1"), ev("x")])
         assert drain(plain) == ["ws:1", "x"]

@@ -8,17 +8,15 @@ import threading
 from typing import Any
 
 import msgpack
+import pycrdt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pycrdt import Array, Map, Text
 
-pycrdt = pytest.importorskip("pycrdt", reason="YDoc needs the yjs extra (pycrdt)")
-
-from pycrdt import Array, Map, Text  # noqa: E402
-
-from podshare.crdt import YDoc, _yupdate, ydoc  # noqa: E402
-from podshare.exceptions import DecodeError, InvalidValue  # noqa: E402
-from podshare.testing import MergerLaws  # noqa: E402
+from podshare.crdt import YDoc, _yupdate, ydoc
+from podshare.exceptions import DecodeError, InvalidValue
+from podshare.testing import MergerLaws
 
 
 def chat(n: int) -> YDoc:
@@ -57,7 +55,7 @@ def test_wire_round_trip_and_equality() -> None:
 
 
 def test_from_update_and_from_doc_wrap_pycrdt_documents() -> None:
-    live = pycrdt.Doc()
+    live: pycrdt.Doc[Any] = pycrdt.Doc()
     live.get("t", type=Text).insert(0, "from pycrdt")
     assert YDoc.from_doc(live).text("t") == "from pycrdt"
     assert YDoc.from_update(live.get_update()) == YDoc.from_doc(live)
@@ -268,7 +266,7 @@ def test_edit_refuses_plain_dicts_encoded_in_random_order() -> None:
 
 
 def test_interrupts_are_not_swallowed() -> None:
-    def interrupt(d: pycrdt.Doc[Any]) -> None:
+    def interrupt(_d: pycrdt.Doc[Any]) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

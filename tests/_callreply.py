@@ -1,20 +1,20 @@
-"""callreply end to end over the memory transport: real route stores, pods that crash.
+"""callreply over any transport: pods that crash, and the scenarios every transport passes.
 
-:class:`CallReplyContract` holds the scenarios every transport must pass; the Redis and
-TCP modules subclass it with their own :meth:`CallReplyContract.open_transport`.
+`CallReplyContract` holds the scenarios; ``tests/unit/test_callreply_memory.py``,
+``tests/integration/test_callreply_tcp.py`` and ``tests/integration/test_callreply_redis.py``
+subclass it with their own `open_transport`.
 Each pod runs in its own task and cancel scope, on its own transport wrapped in a
-:class:`Severable`: ``crash`` severs it (nothing in or out, as a killed process) and then
+`Severable`: ``crash`` severs it (nothing in or out, as a killed process) and then
 cancels the pod, so even the goodbye a store sends from a shielded scope is lost and the
 others see a silent pod.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 import pytest
@@ -29,13 +29,13 @@ from podshare.exceptions import (
     RemoteError,
 )
 from podshare.transport.base import GapReporting, Transport, max_message_size
-from podshare.transport.memory import MemoryNetwork, MemoryTransport
+from tests._support import Held, answering, echo, eventually, raising
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+__all__ = ["FAST", "Boom", "CallReplyContract", "Cluster", "Pod", "Severable"]
 
 # Fast liveness so crashes are detected quickly; the call timeout is far longer, so a
 # test that fails by timing out instead of OwnerUnavailable cannot pass by accident.
-FAST = {
+FAST: dict[str, Any] = {
     "heartbeat_interval": 0.05,
     "down_after": 0.3,
     "call_timeout": 30.0,
@@ -44,7 +44,7 @@ FAST = {
 
 
 class Severable:
-    """Wraps a transport; after :meth:`sever` nothing goes in or out (a crashed pod)."""
+    """Wraps a transport; after `sever` nothing goes in or out (a crashed pod)."""
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
@@ -102,6 +102,8 @@ class Pod:
 
 
 class Cluster:
+    """Pods started on demand in ``tg``, each on a transport from ``open_transport``."""
+
     def __init__(
         self,
         tg: TaskGroup,
@@ -139,25 +141,12 @@ class Cluster:
                 self.pods[name].stopped.set()
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait for replicas to converge on ``condition`` (they offer no single event)."""
-    with anyio.fail_after(10):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
-
-
-async def echo(payload: bytes) -> bytes:
-    return b"echo:" + payload
-
-
 class Boom(Exception):
     pass
 
 
 class CallReplyContract:
     """Scenarios every transport passes; subclasses provide ``open_transport``."""
-
-    peers_need_wiring: ClassVar[bool] = False
 
     def open_transport(self, name: str) -> AbstractAsyncContextManager[Transport]:
         raise NotImplementedError
@@ -201,11 +190,7 @@ class CallReplyContract:
     async def test_handler_error_is_a_remote_error(self, cluster: Cluster) -> None:
         a = await cluster.start("a")
         b = await cluster.start("b")
-
-        async def handler(payload: bytes) -> bytes:
-            raise Boom("it broke")
-
-        await a.register("t", "m", handler)
+        await a.register("t", "m", raising(Boom, "it broke"))
         await eventually(lambda: b.owner("t") == "a")
         with pytest.raises(RemoteError) as info:
             await b.call("t", "m", b"")
@@ -217,31 +202,20 @@ class CallReplyContract:
     ) -> None:
         a = await cluster.start("a")
         b = await cluster.start("b")
-        started = anyio.Event()
-
-        async def stuck(payload: bytes) -> bytes:
-            started.set()
-            await anyio.sleep_forever()
-            raise AssertionError
-
+        stuck = Held()
         await a.register("t", "m", stuck)
         await eventually(lambda: b.owner("t") == "a" and "a" in b.members())
-        outcome: list[BaseException] = []
 
         async def caller() -> None:
-            try:
+            with pytest.raises(OwnerUnavailable):
                 await b.call("t", "m", b"")
-            except Exception as exc:
-                outcome.append(exc)
 
         # Far below call_timeout (30 s): only the liveness path can end the call in time.
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(caller)
-                await started.wait()
+                await stuck.started.wait()
                 cluster.pods["a"].crash()
-        assert len(outcome) == 1
-        assert isinstance(outcome[0], OwnerUnavailable), outcome
         assert b.stats().calls_pending == 0
         # The dead owner's route vanishes too.
         await eventually(lambda: b.owner("t") is None)
@@ -254,13 +228,9 @@ class CallReplyContract:
         a = await cluster.start("a")
         b = await cluster.start("b")
         c = await cluster.start("c")
-
-        async def on_b(payload: bytes) -> bytes:
-            return b"from b"
-
         await a.register("t", "m", echo)
         await eventually(lambda: b.owner("t") == "a" and c.owner("t") == "a")
-        await b.register("t", "m", on_b)  # the connection moved to b
+        await b.register("t", "m", answering(b"from b"))  # the connection moved to b
         await eventually(lambda: all(ep.owner("t") == "b" for ep in (a, b, c)))
         assert await c.call("t", "m", b"") == b"from b"
         await a.unregister("t")  # the old connection closes late on a
@@ -277,14 +247,10 @@ class CallReplyContract:
         c = await cluster.start("c")
         await a.register("t", "m", echo)
         await eventually(lambda: b.owner("t") == "a")
-
-        async def on_b(payload: bytes) -> bytes:
-            return b"from b"
-
         # b claims and a unregisters at once: a may not have seen b's claim yet, and its
         # delete may carry the later stamp. The route must still end up on b.
         async with anyio.create_task_group() as tg:
-            tg.start_soon(b.register, "t", "m", on_b)
+            tg.start_soon(b.register, "t", "m", answering(b"from b"))
             tg.start_soon(a.unregister, "t")
         await eventually(lambda: all(ep.owner("t") == "b" for ep in (a, b, c)))
         assert await c.call("t", "m", b"") == b"from b"
@@ -292,13 +258,7 @@ class CallReplyContract:
     async def test_concurrency_limit(self, cluster: Cluster) -> None:
         a = await cluster.start("a", max_concurrency=1)
         b = await cluster.start("b")
-        started, release = anyio.Event(), anyio.Event()
-
-        async def slow(payload: bytes) -> bytes:
-            started.set()
-            await release.wait()
-            return b"done"
-
+        slow = Held(b"done")
         await a.register("t", "m", slow)
         await eventually(lambda: b.owner("t") == "a")
         results: list[bytes] = []
@@ -309,106 +269,32 @@ class CallReplyContract:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(first)
-                await started.wait()
+                await slow.started.wait()
                 with pytest.raises(EndpointBusy):
                     await b.call("t", "m", b"")
-                release.set()
+                slow.release()
         assert results == [b"done"]
 
     async def test_cancelled_caller_leaves_no_pending_call(self, cluster: Cluster) -> None:
         a = await cluster.start("a")
         b = await cluster.start("b")
-        started, release = anyio.Event(), anyio.Event()
-
-        async def slow(payload: bytes) -> bytes:
-            started.set()
-            await release.wait()
-            return b"late"
-
+        slow = Held(b"late")
         await a.register("t", "m", slow)
         await eventually(lambda: b.owner("t") == "a")
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(b.call, "t", "m", b"")
-                await started.wait()
+                await slow.started.wait()
                 tg.cancel_scope.cancel()
         assert b.stats().calls_pending == 0
-        release.set()
+        slow.release()
         await eventually(lambda: b.stats().replies_late == 1)
 
     async def test_timeout(self, cluster: Cluster) -> None:
         a = await cluster.start("a")
         b = await cluster.start("b")
-
-        async def stuck(payload: bytes) -> bytes:
-            await anyio.sleep_forever()
-            raise AssertionError
-
-        await a.register("t", "m", stuck)
+        await a.register("t", "m", Held())
         await eventually(lambda: b.owner("t") == "a")
         with pytest.raises(CallTimeout):
             await b.call("t", "m", b"", timeout=0.1)
         assert b.stats().calls_pending == 0
-
-
-class TestMemory(CallReplyContract):
-    """Every pod on its own MemoryTransport of one MemoryNetwork."""
-
-    @pytest.fixture(autouse=True)
-    def _network(self) -> None:
-        self.network = MemoryNetwork()
-
-    def open_transport(self, name: str) -> AbstractAsyncContextManager[Transport]:
-        return MemoryTransport(network=self.network, name=name)
-
-    async def test_disconnected_owner_is_unavailable(self, cluster: Cluster) -> None:
-        a = await cluster.start("a")
-        b = await cluster.start("b")
-        await a.register("t", "m", echo)
-        await eventually(lambda: b.owner("t") == "a")
-        started = anyio.Event()
-        outcome: list[BaseException] = []
-
-        async def slow(payload: bytes) -> bytes:
-            started.set()
-            await anyio.sleep_forever()
-            raise AssertionError
-
-        await a.register("t", "slow", slow)
-
-        async def caller() -> None:
-            try:
-                await b.call("t", "slow", b"")
-            except Exception as exc:
-                outcome.append(exc)
-
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(caller)
-                await started.wait()
-                self.network.disconnect("a")  # the pod lives on, unreachable
-        assert isinstance(outcome[0], OwnerUnavailable), outcome
-
-    async def test_delete_that_wins_over_a_newer_claim_is_healed(self, cluster: Cluster) -> None:
-        a = await cluster.start("a")
-        b = await cluster.start("b")
-        c = await cluster.start("c")
-
-        async def on_b(payload: bytes) -> bytes:
-            return b"from b"
-
-        await a.register("t", "m", echo)
-        await eventually(lambda: b.owner("t") == "a" and c.owner("t") == "a")
-        # a cannot see b's claim, and its delete gets the later stamp: last-writer-wins
-        # alone would erase the route b holds.
-        self.network.partition(["a"], ["b", "c"])
-        await b.register("t", "m", on_b)
-        claimed_at = time.time()
-        # Not synchronisation: the wall clock must move on so a's stamp is the later one.
-        while time.time() < claimed_at + 0.003:  # noqa: ASYNC110
-            await anyio.sleep(0.001)
-        await a.unregister("t")
-        assert a.owner("t") is None
-        self.network.heal()  # both sides refresh and exchange what they missed
-        await eventually(lambda: all(ep.owner("t") == "b" for ep in (a, b, c)))
-        assert await a.call("t", "m", b"") == b"from b"

@@ -1,14 +1,14 @@
 """Several Stores over the in-memory transport, under asyncio and trio.
 
-Every wait is on an event (a watcher, an on_error call, a completed refresh) bounded by
-``anyio.fail_after``; nothing sleeps to synchronise.
+Every wait is on an event (a watcher, an on_error call, a completed refresh) bounded in
+time, mostly through ``tests._support.eventually``; nothing sleeps to synchronise.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -21,11 +21,12 @@ from podshare import ClosedError, ConfigurationError, InvalidValue, PodshareErro
 from podshare.crdt import GSet, ORSet, PNCounter
 from podshare.store import EventKind, Store
 from podshare.transport import FaultPlan, MemoryNetwork, MemoryTransport
+from tests._support import ErrorLog, eventually
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = pytest.mark.anyio
 
 # Long enough that only what a test does (refresh, gaps) triggers a digest exchange.
-QUIET = {"anti_entropy_interval": 3600.0, "hydrate_timeout": 2.0}
+QUIET: dict[str, Any] = {"anti_entropy_interval": 3600.0, "hydrate_timeout": 2.0}
 
 
 @dataclass(frozen=True)
@@ -66,28 +67,6 @@ class CountingTransport:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-async def wait_until(stores: Iterable[Store[Any]], cond: Callable[[], bool]) -> None:
-    """Return once ``cond()`` holds, re-checking on every event any of ``stores`` sees."""
-    stores = list(stores)
-    while True:
-        async with AsyncExitStack() as stack:
-            watches = [await stack.enter_async_context(s.watch(buffer=100_000)) for s in stores]
-            if cond():
-                return
-            changed = anyio.Event()
-
-            async def pump(events: AsyncIterator[Any], changed: anyio.Event = changed) -> None:
-                async for _ in events:
-                    changed.set()
-                changed.set()  # a dropped watcher: look again with a fresh one
-
-            async with anyio.create_task_group() as tg:
-                for w in watches:
-                    tg.start_soon(pump, w)
-                await changed.wait()
-                tg.cancel_scope.cancel()
 
 
 async def converge_by_refresh(stores: list[Store[Any]]) -> None:
@@ -136,7 +115,7 @@ async def cluster(
 async def test_typed_values_round_trip(tp: Any, value: Any) -> None:
     async with (
         MemoryTransport() as tr,
-        Store[tp]("typed", tr, **QUIET) as a,  # type: ignore[valid-type]
+        Store[tp]("typed", tr, **QUIET) as a,
         Store("typed", tr, type=tp, **QUIET) as b,
         b.watch(key="k") as events,
     ):
@@ -195,8 +174,7 @@ async def test_reads_and_writes() -> None:
         with anyio.fail_after(5):
             kinds = [(await anext(gone)).kind, (await anext(gone)).kind]
         assert kinds == [EventKind.SET, EventKind.DELETE]
-        with anyio.fail_after(5):
-            await wait_until([b], lambda: b.snapshot() == a.snapshot())
+        await eventually(lambda: b.snapshot() == a.snapshot(), stores=[b], timeout=5)
 
 
 # --- watch ------------------------------------------------------------------------------
@@ -292,7 +270,7 @@ async def test_late_joiner_hydrates_ten_thousand_keys() -> None:
 async def test_empty_cluster_is_not_an_error() -> None:
     async with MemoryTransport() as tr:
         with anyio.fail_after(5):
-            async with Store("alone", tr, hydrate_timeout=0.5) as store:
+            async with Store[Any]("alone", tr, hydrate_timeout=0.5) as store:
                 await store.wait_synced()
                 assert store.snapshot() == {}
 
@@ -312,32 +290,22 @@ async def test_tombstone_blocks_a_late_older_write() -> None:
             # The old write arrives late (replayed): the tombstone's stamp is newer.
             await mem.publish("ps/app", old_write)
             await a.set("sentinel", 1)  # delivery is FIFO: once seen, the replay was too
-            with anyio.fail_after(5):
-                await wait_until([b], lambda: "sentinel" in b)
+            await eventually(lambda: "sentinel" in b, stores=[b], timeout=5)
             assert "k" not in a
             assert "k" not in b
             assert b.stats().writes_stale >= 1
 
 
 async def test_garbage_on_the_topic_is_skipped_counted_and_reported() -> None:
-    errors: list[PodshareError] = []
-    reported = anyio.Event()
-
-    def on_error(exc: PodshareError) -> None:
-        errors.append(exc)
-        if len(errors) >= 3:
-            reported.set()
-
-    async with MemoryTransport() as tr, cluster(2, transport=tr, on_error=on_error) as (a, b):
+    errors = ErrorLog()
+    async with MemoryTransport() as tr, cluster(2, transport=tr, on_error=errors) as (a, b):
         for garbage in (b"\x00garbage", b"", b"\xc1" * 100):
             await tr.publish("ps/app", garbage)
-        with anyio.fail_after(5):
-            await reported.wait()
-        assert all(isinstance(e, PodshareError) for e in errors)
+        await errors.wait_for(3, timeout=5)
+        assert all(isinstance(e, PodshareError) for e in errors.errors)
         assert a.stats().decode_errors + b.stats().decode_errors >= 3
         await a.set("still", "working")
-        with anyio.fail_after(5):
-            await wait_until([b], lambda: b.get("still") == "working")
+        await eventually(lambda: b.get("still") == "working", stores=[b], timeout=5)
 
 
 async def test_on_error_may_call_back_into_the_store() -> None:
@@ -345,7 +313,7 @@ async def test_on_error_may_call_back_into_the_store() -> None:
     seen: list[object] = []
     opened: list[Store[Any]] = []
 
-    async def on_error(exc: PodshareError) -> None:
+    async def on_error(_exc: PodshareError) -> None:
         seen.append(opened[0].get("k"))  # a sync read from inside the callback
         await opened[0].set("errors", len(seen))  # and a write that waits for its publish
         done.set()
@@ -361,14 +329,13 @@ async def test_on_error_may_call_back_into_the_store() -> None:
 
 
 async def test_a_raising_on_error_does_not_stop_the_store() -> None:
-    def on_error(exc: PodshareError) -> None:
+    def on_error(_exc: PodshareError) -> None:
         raise RuntimeError("user bug")
 
     async with MemoryTransport() as tr, cluster(2, transport=tr, on_error=on_error) as (a, b):
         await tr.publish("ps/app", b"junk")
         await a.set("k", 1)
-        with anyio.fail_after(5):
-            await wait_until([b], lambda: b.get("k") == 1)
+        await eventually(lambda: b.get("k") == 1, stores=[b], timeout=5)
 
 
 # --- faults and repair -------------------------------------------------------------------
@@ -548,8 +515,7 @@ async def test_concurrent_writes_coalesce_into_fewer_messages() -> None:
                     tg.start_soon(a.set, f"k{i}", i)
             writes_messages = tr.published.get("ps/app", 0) - before
             assert 1 <= writes_messages < 200 // 4
-            with anyio.fail_after(5):
-                await wait_until([b], lambda: len(b) == 200)
+            await eventually(lambda: len(b) == 200, stores=[b], timeout=5)
             assert a.stats().writes_local == 200
 
 
@@ -579,15 +545,14 @@ async def test_merger_stores_converge() -> None:
                 tg.start_soon(counters[i].update, "n", lambda c, i=i: c.decrement(f"c{i}", 2))
                 tg.start_soon(orsets[i].update, "u", lambda s, i=i: s.add(f"u{i}", f"o{i}"))
         await orsets[0].update("u", lambda s: s.remove("u0"))
-        with anyio.fail_after(10):
-            await wait_until(
-                gsets + counters + orsets,
-                lambda: (
-                    all(len(s.get("t", GSet())) == 6 for s in gsets)
-                    and all(getattr(s.get("n"), "value", None) == 9 for s in counters)
-                    and all(s.get("u") == orsets[0].get("u") for s in orsets)
-                ),
-            )
+        await eventually(
+            lambda: (
+                all(len(s.get("t", GSet())) == 6 for s in gsets)
+                and all(getattr(s.get("n"), "value", None) == 9 for s in counters)
+                and all(s.get("u") == orsets[0].get("u") for s in orsets)
+            ),
+            stores=[*gsets, *counters, *orsets],
+        )
         assert sorted(gsets[1]["t"]) == sorted(
             [f"tag{i}" for i in range(3)] + [f"set{i}" for i in range(3)]
         )
@@ -636,15 +601,14 @@ async def test_no_task_outlives_the_store() -> None:
         async with cluster(2, transport=tr, on_error=_async_noop) as (a, b):
             await a.set("k", 1)
             await tr.publish("ps/app", b"junk")  # starts async on_error tasks too
-            with anyio.fail_after(5):
-                await wait_until([b], lambda: "k" in b)
+            await eventually(lambda: "k" in b, stores=[b], timeout=5)
             during = {t.id for t in anyio.get_running_tasks()}
             assert len(during - before) >= 10  # 5 background tasks per store
         after = {t.id for t in anyio.get_running_tasks()}
         assert after <= before
 
 
-async def _async_noop(exc: PodshareError) -> None:
+async def _async_noop(_exc: PodshareError) -> None:
     await anyio.lowlevel.checkpoint()
 
 
@@ -664,7 +628,7 @@ async def test_store_closes_when_its_body_is_cancelled() -> None:
 
 async def test_reads_before_opening_raise_closed() -> None:
     async with MemoryTransport() as tr:
-        store = Store("early", tr)
+        store = Store[Any]("early", tr)
         with pytest.raises(ClosedError):
             store.get("k")
         with pytest.raises(ClosedError):

@@ -1,0 +1,419 @@
+"""What the tests share: waiting for a condition, capturing errors, callreply handlers, servers.
+
+Nothing here is collected as a test. Test modules import from this module (and from
+``tests._callreply``), never from one another.
+
+- `eventually` waits for a condition, re-checking it whenever one of the given sources
+  reports something (a store's events, a pycrdt document's transactions, an
+  `anyio.Event`, a `Notifier`) and, as a bounded fallback, every few milliseconds. It
+  fails with an `AssertionError` naming the condition and the timeout.
+- `ErrorLog` is an ``on_error`` callback that keeps what it receives.
+- `echo`, `answering`, `raising` and `Held` are callreply handlers.
+- `read_until` reads a child process's output up to a marker; `RedisServer` is a
+  ``redis-server`` child process (the fixtures that start one live in
+  ``tests/integration/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ByteReceiveStream, TaskStatus
+
+from podshare.callreply import Handler
+from podshare.exceptions import ClosedError, PodshareError
+from podshare.store import Store
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ErrorLog",
+    "Held",
+    "Notifier",
+    "RedisServer",
+    "answering",
+    "echo",
+    "eventually",
+    "free_port",
+    "raising",
+    "read_until",
+]
+
+#: How long `eventually` waits unless told otherwise (seconds). Generous: a loaded
+#: two-core CI machine must not fail a test that would pass given a moment more.
+DEFAULT_TIMEOUT: Final = 10.0
+# The fallback re-check interval when no source can wake the waiter: the condition
+# depends on state nothing announces (an endpoint's routes, a transport's connections).
+_POLL_ALONE: Final = 0.005
+# With sources, the poll only catches what they do not report (counters, say).
+_POLL_WITH_SOURCES: Final = 0.05
+# A store watcher opened by eventually() holds this many events before it is dropped
+# (it is drained at once, so only a starved event loop could fill it).
+_WATCH_BUFFER: Final = 100_000
+
+#: Something that opens a stream of notifications: ``doc.events`` of a pycrdt ``Doc``,
+#: ``lambda: store.watch(key="k")``.
+Feed = Callable[[], AbstractAsyncContextManager[AsyncIterator[object]]]
+
+
+class Notifier:
+    """A change signal: `notify` wakes every `eventually` waiting on it.
+
+    For code a test instruments itself (a wrapped ``publish``, a writer's progress): call
+    ``notify()`` after each change and pass the notifier as ``wake=[notifier]``.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        """Wake the current waiters; later waiters wait for the next notification."""
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        """Return at the next `notify`."""
+        await self._event.wait()
+
+
+class _Flag:
+    """Set by any source, consumed by the waiting loop (so no notification is lost)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        # Replaced before the condition is checked again: whatever sets it from now on
+        # happened after that check's inputs were read.
+        self._event = anyio.Event()
+
+
+async def eventually(
+    condition: Callable[[], bool],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    stores: Iterable[Store[Any]] = (),
+    feeds: Iterable[Feed] = (),
+    wake: Iterable[anyio.Event | Notifier] = (),
+    poll: float | None = None,
+    what: str | None = None,
+) -> None:
+    """Return once ``condition()`` holds; fail if it still does not after ``timeout`` s.
+
+    The condition is checked at once, then again whenever a source reports something:
+
+    - ``stores``: any event of these stores (data changes and membership), through a
+      watcher of their own opened before the first check, so nothing is missed;
+    - ``feeds``: any item of these streams (``doc.events`` of a pycrdt ``Doc``);
+    - ``wake``: an `anyio.Event` being set, a `Notifier` notifying.
+
+    Whatever the sources, it is also re-checked every ``poll`` seconds (5 ms without
+    sources, 50 ms with them), for state that nothing announces: a source makes the wait
+    end sooner, but no condition needs one to be seen.
+
+    Raises:
+        AssertionError: the condition did not hold within ``timeout``; the message
+            names ``what`` (default: the condition's source text).
+    """
+    feeds = [*(_store_feed(store) for store in stores), *feeds]
+    wake = list(wake)
+    if poll is None:
+        poll = _POLL_WITH_SOURCES if feeds or wake else _POLL_ALONE
+    with anyio.move_on_after(timeout):
+        try:
+            async with anyio.create_task_group() as tg:
+                flag = _Flag()
+                for feed in feeds:
+                    await tg.start(_pump, feed, flag)
+                for source in wake:
+                    await tg.start(_relay, source, flag)
+                while not condition():
+                    with anyio.move_on_after(poll):
+                        await flag.wait()
+                tg.cancel_scope.cancel()
+        except ExceptionGroup as group:
+            # The condition itself raised: show that error, not a task group around it.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return
+    if condition():  # it became true just as the time ran out
+        return
+    raise AssertionError(
+        f"eventually: {what or _describe(condition)} did not hold within {timeout:g} s"
+    )
+
+
+def _store_feed(store: Store[Any]) -> Feed:
+    return lambda: store.watch(members=True, buffer=_WATCH_BUFFER)
+
+
+async def _pump(feed: Feed, flag: _Flag, *, task_status: TaskStatus[None]) -> None:
+    started = False
+    try:
+        while True:
+            async with feed() as items:
+                if not started:
+                    task_status.started()
+                    started = True
+                async for _ in items:
+                    flag.set()
+            # The stream ended (a dropped watcher): look again, then open a fresh one.
+            flag.set()
+            await anyio.lowlevel.checkpoint()
+    except ClosedError:
+        # The store closed (or was never open): no more events, the poll goes on.
+        if not started:
+            task_status.started()
+        flag.set()
+
+
+async def _relay(
+    source: anyio.Event | Notifier, flag: _Flag, *, task_status: TaskStatus[None]
+) -> None:
+    # Started with tg.start: waiting before the first check, so no notification is lost.
+    task_status.started()
+    if isinstance(source, anyio.Event):
+        await source.wait()  # set once, set for good: one wake-up is all it can give
+        flag.set()
+        return
+    while True:
+        await source.wait()
+        flag.set()
+
+
+def _describe(condition: Callable[[], bool]) -> str:
+    """The condition's name, or a lambda's source text."""
+    name = getattr(condition, "__qualname__", None) or repr(condition)
+    if "<lambda>" not in name:
+        return name
+    try:
+        source = inspect.getsource(condition)
+    except (OSError, TypeError):
+        return name
+    start = source.find("lambda")
+    text = " ".join(source[start if start >= 0 else 0 :].split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class ErrorLog:
+    """An ``on_error`` callback that keeps every error it is given, in order.
+
+    Example::
+
+        errors = ErrorLog()
+        async with Store("app", transport, on_error=errors) as store:
+            ...
+            await errors.wait_for(3)
+        assert all(isinstance(e, DecodeError) for e in errors.errors)
+    """
+
+    __slots__ = ("changed", "errors")
+
+    def __init__(self) -> None:
+        self.errors: list[PodshareError] = []
+        #: Notified after each error (pass it to `eventually` as ``wake=``).
+        self.changed = Notifier()
+
+    def __call__(self, error: PodshareError) -> None:
+        self.errors.append(error)
+        self.changed.notify()
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    async def wait_for(self, count: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Return once at least ``count`` errors were reported."""
+        await eventually(
+            lambda: len(self.errors) >= count,
+            wake=[self.changed],
+            timeout=timeout,
+            what=f"at least {count} errors reported to on_error",
+        )
+
+
+# --- callreply handlers ----------------------------------------------------------------
+
+
+async def echo(payload: bytes) -> bytes:
+    """Answer ``b"echo:" + payload``."""
+    await anyio.lowlevel.checkpoint()
+    return b"echo:" + payload
+
+
+def answering(reply: bytes) -> Handler:
+    """A handler that answers ``reply`` whatever it is sent (to tell owners apart)."""
+
+    async def handler(_payload: bytes) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        return reply
+
+    return handler
+
+
+def raising(error_type: type[Exception], message: str) -> Handler:
+    """A handler that raises ``error_type(message)`` on every call."""
+
+    async def handler(_payload: bytes) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        raise error_type(message)
+
+    return handler
+
+
+class Held:
+    """A handler that holds every call until `release` (or forever: never released).
+
+    ``started`` is set when the first call arrives; ``cancelled`` when a held call is
+    cancelled (the caller gave up, the owner closed).
+    """
+
+    __slots__ = ("_released", "cancelled", "reply", "started")
+
+    def __init__(self, reply: bytes = b"released") -> None:
+        self.reply = reply
+        self.started = anyio.Event()
+        self.cancelled = anyio.Event()
+        self._released = anyio.Event()
+
+    def release(self) -> None:
+        """Let every held call (and every later one) answer ``reply``."""
+        self._released.set()
+
+    async def __call__(self, _payload: bytes) -> bytes:
+        self.started.set()
+        try:
+            await self._released.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
+        return self.reply
+
+
+# --- processes and servers -------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def read_until(
+    stream: ByteReceiveStream, marker: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> str:
+    """Read ``stream`` (a child's stdout or stderr) until ``marker`` appears; return the text.
+
+    Raises:
+        AssertionError: the stream ended, or ``timeout`` passed, before ``marker``.
+    """
+    seen = ""
+    with anyio.move_on_after(timeout):
+        async for chunk in stream:
+            seen += chunk.decode(errors="replace")
+            if marker in seen:
+                return seen
+        raise AssertionError(f"the stream ended before {marker!r}; it said:\n{seen}")
+    raise AssertionError(f"no {marker!r} within {timeout:g} s; the stream said:\n{seen}")
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server child process on a fixed loopback port, which tests can kill and restart.
+
+    ``url`` stays valid across restarts, so clients reconnect to the same address, as they
+    would after a real Redis restart or failover.
+    """
+
+    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+        self.binary = binary
+        self.port = port
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running server process (to signal it: SIGSTOP freezes it)."""
+        assert self._process is not None, "not running"
+        return self._process
+
+    def start(self, *extra: str) -> None:
+        """Start the server and return once it answers PING (or fail after 10 s)."""
+        assert not self.running, "already running"
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        # Readiness of a child process: poll its port until it answers, bounded in time.
+        while not _ping(self.port):
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        """Kill the server abruptly (SIGKILL), as a crash would, and reap it."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def restart(self) -> None:
+        """Kill the server and start a fresh, empty one on the same port."""
+        self.kill()
+        self.start()
