@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from podshare.transport.base import Transport
-from tests.integration.test_callreply_memory import CallReplyContract
+from tests.integration._callreply_contract import CallReplyContract
 
 try:
     from podshare.transport.tcp import TcpTransport
