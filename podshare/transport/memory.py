@@ -155,8 +155,8 @@ class MemoryTransportStats(StatsRecord):
         delayed: deliveries postponed by the fault plan.
         overflowed: deliveries *to this transport's* subscriptions lost because the
             subscription's buffer was full.
-        gaps_reported: times this transport notified its gap listeners (``gaps`` before
-            0.2, as on the other transports now).
+        gaps_reported: times this transport notified its gap listeners (``gaps`` in
+            0.1; the name the other transports use).
         gap_listener_failures: gap listener calls that raised; each is logged on the
             ``podshare.transport.memory`` logger and never reaches a subscriber or a
             publisher.

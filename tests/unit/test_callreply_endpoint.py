@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
@@ -626,9 +627,14 @@ async def test_many_concurrent_calls_are_all_served(cluster: Cluster) -> None:
     assert a.stats().handlers_active == 0
 
 
-async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster, how: str) -> None:
     # Issue 13: 200 callers cancelled after 50 ms kept the owner's slots until their
     # budget (here 30 s) ran out, and every new caller got EndpointBusy meanwhile.
+    # "deadline": each caller runs under move_on_after(0.05), as in the issue (the budget
+    # that travels with the call and the cancel envelope both stop the handler).
+    # "cancel": the callers are cancelled from outside, with no deadline, so only the
+    # cancel envelopes can tell the owner.
     a = await cluster.endpoint("a", max_concurrency=4)
     b = await cluster.endpoint("b", call_timeout=30)
     started = 0
@@ -645,7 +651,7 @@ async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster)
 
     async def caller() -> None:
         nonlocal busy
-        with anyio.move_on_after(0.05):
+        with anyio.move_on_after(0.05 if how == "deadline" else math.inf):
             try:
                 await b.call("t", "stuck", b"")
             except EndpointBusy:
@@ -655,10 +661,19 @@ async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster)
         async with anyio.create_task_group() as tg:
             for _ in range(200):
                 tg.start_soon(caller)
-    assert started == 4
-    assert busy == 196
-    # Right after the cancellations, long before the 30 s budget: served, not busy.
-    assert await b.call("t", "echo", b"next", timeout=5) == b"echo:next"
+            if how == "cancel":
+                await wait_until(lambda: started + busy == 200)
+                tg.cancel_scope.cancel()
+    assert (started, busy) == (4, 196)
+    if how == "cancel":
+        assert b.stats().cancels_sent == 4
+        # The cancels are in a's inbox before the next request: nothing to wait for.
+        assert await b.call("t", "echo", b"next", timeout=5) == b"echo:next"
+        assert a.stats().cancels_applied == 4
+    else:
+        # Right after the cancellations, long before the 30 s budget: served, not busy.
+        assert await b.call("t", "echo", b"next", timeout=5) == b"echo:next"
+    assert a.stats().requests_busy == 196
 
 
 # --- deadlines travel with the call (issue 17) --------------------------------------
