@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from podshare.callreply.endpoint import Endpoint as Endpoint
 from podshare.callreply.endpoint import EndpointStats as EndpointStats
+from podshare.callreply.endpoint import ErrorHandler as ErrorHandler
 from podshare.callreply.endpoint import Handler as Handler
 
-__all__ = ["Endpoint", "EndpointStats", "Handler"]
+__all__ = ["Endpoint", "EndpointStats", "ErrorHandler", "Handler"]

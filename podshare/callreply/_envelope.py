@@ -1,15 +1,19 @@
-"""The callreply wire format: requests and replies as small, strictly decoded msgpack arrays.
+"""The callreply wire format: requests, replies and cancels as small, strict msgpack arrays.
 
-Two kinds of envelope travel between endpoints, each a msgpack array whose first two
+Three kinds of envelope travel between endpoints, each a msgpack array whose first two
 items are the format version and the kind::
 
     request: [1, 0, call_id, reply_to, target, method, payload, budget_ms]
     reply:   [1, 1, call_id, status, payload, error_type, error_message]
+    cancel:  [1, 2, call_id, reply_to]
 
 ``call_id`` is an unsigned 64-bit integer chosen by the caller; ``reply_to`` is the
 caller's node id (the reply goes to its inbox); ``budget_ms`` is the caller's remaining
-timeout, so the owner can stop a handler whose caller has given up. Bytes from the
-network are untrusted: :func:`decode` caps the input size before it allocates anything,
+time (its timeout or its enclosing deadline, whichever is nearer), so the owner can stop
+a handler whose caller has given up. A cancel tells the owner that the caller of
+``call_id`` gave up; it names the same ``reply_to`` as the request, and the owner only
+cancels a call whose id *and* ``reply_to`` both match. Bytes from the network are
+untrusted: :func:`decode` caps the input size before it allocates anything,
 caps every string and byte field inside the msgpack decoder, checks every type exactly,
 and raises :class:`~podshare.exceptions.DecodeError` (or
 :class:`~podshare.exceptions.FrameTooLarge`) for anything else. It never raises another
@@ -23,29 +27,35 @@ from typing import Final, NamedTuple
 
 import msgpack
 
+from podshare._limits import MAX_KEY_LENGTH, MAX_NODE_ID_LENGTH
 from podshare.exceptions import DecodeError, FrameTooLarge
 
 __all__ = [
     "MAX_ERROR_MESSAGE",
     "MAX_NAME",
     "VERSION",
+    "Cancel",
+    "Envelope",
     "Reply",
     "Request",
     "Status",
     "decode",
+    "encode",
+    "encode_cancel",
     "encode_reply",
     "encode_request",
 ]
 
 #: The envelope format version this module writes and accepts.
 VERSION: Final = 1
-#: The longest node id, target or method name accepted (characters).
-MAX_NAME: Final = 1024
+#: The longest target or method name accepted (characters): a target is a route key.
+MAX_NAME: Final = MAX_KEY_LENGTH
 #: Error type names and messages are truncated to this many characters when encoded.
 MAX_ERROR_MESSAGE: Final = 2048
 
 _KIND_REQUEST: Final = 0
 _KIND_REPLY: Final = 1
+_KIND_CANCEL: Final = 2
 _MAX_CALL_ID: Final = 2**64 - 1
 # A budget beyond a day is a bug or an attack; a handler never needs one that long.
 _MAX_BUDGET_MS: Final = 86_400_000
@@ -91,6 +101,17 @@ class Reply(NamedTuple):
     error_message: str = ""
 
 
+class Cancel(NamedTuple):
+    """The caller of ``call_id`` gave up (cancelled or timed out): stop its handler."""
+
+    call_id: int
+    reply_to: str
+
+
+#: Any envelope :func:`decode` returns.
+Envelope = Request | Reply | Cancel
+
+
 # One packer for the module: packing runs in C without releasing the GIL, so reuse is
 # safe, and it saves building a Packer per message.
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -132,7 +153,27 @@ def encode_reply(reply: Reply) -> bytes:
     )
 
 
-def decode(data: bytes, *, max_size: int) -> Request | Reply:
+def encode_cancel(cancel: Cancel) -> bytes:
+    """The wire form of ``cancel``.
+
+    Example:
+        >>> decode(encode_cancel(Cancel(7, "pod-1")), max_size=100)
+        Cancel(call_id=7, reply_to='pod-1')
+    """
+    call_id, reply_to = cancel
+    return _pack([VERSION, _KIND_CANCEL, call_id, reply_to])  # type: ignore[no-any-return]
+
+
+def encode(envelope: Envelope) -> bytes:
+    """The wire form of any envelope."""
+    if isinstance(envelope, Request):
+        return encode_request(envelope)
+    if isinstance(envelope, Reply):
+        return encode_reply(envelope)
+    return encode_cancel(envelope)
+
+
+def decode(data: bytes, *, max_size: int) -> Envelope:
     """Decode one envelope from untrusted ``data`` of at most ``max_size`` bytes.
 
     Raises:
@@ -171,6 +212,8 @@ def decode(data: bytes, *, max_size: int) -> Request | Reply:
         return _decode_request(obj)
     if kind == _KIND_REPLY and type(kind) is int:
         return _decode_reply(obj)
+    if kind == _KIND_CANCEL and type(kind) is int:
+        return _decode_cancel(obj)
     raise DecodeError(f"unknown callreply envelope kind {kind!r}")
 
 
@@ -180,7 +223,7 @@ def _decode_request(obj: list[object]) -> Request:
     _, _, call_id, reply_to, target, method, payload, budget_ms = obj
     return Request(
         _call_id(call_id),
-        _name(reply_to, "reply_to", node=True),
+        _node(reply_to),
         _name(target, "target"),
         _name(method, "method"),
         _bytes(payload),
@@ -205,17 +248,31 @@ def _decode_reply(obj: list[object]) -> Reply:
     return Reply(_call_id(call_id), status_, _bytes(payload), error_type, error_message)
 
 
+def _decode_cancel(obj: list[object]) -> Cancel:
+    if len(obj) != 4:
+        raise DecodeError(f"callreply cancel has {len(obj)} items, expected 4")
+    _, _, call_id, reply_to = obj
+    return Cancel(_call_id(call_id), _node(reply_to))
+
+
 def _call_id(value: object) -> int:
     if type(value) is not int or not 0 <= value <= _MAX_CALL_ID:
         raise DecodeError("callreply call id is not an unsigned 64-bit integer")
     return value
 
 
-def _name(value: object, what: str, *, node: bool = False) -> str:
+def _name(value: object, what: str) -> str:
     if type(value) is not str or not value or len(value) > MAX_NAME:
         raise DecodeError(f"callreply {what} is not a non-empty string of at most {MAX_NAME}")
-    if node and "#" in value:
-        raise DecodeError(f"callreply {what} contains '#'")
+    return value
+
+
+def _node(value: object) -> str:
+    # The caller's node id names its inbox topic: the same rule as check_name's.
+    if type(value) is not str or not value or len(value) > MAX_NODE_ID_LENGTH or "#" in value:
+        raise DecodeError(
+            f"callreply reply_to is not a node id (1 to {MAX_NODE_ID_LENGTH} characters, no '#')"
+        )
     return value
 
 

@@ -12,6 +12,8 @@ from typing import Protocol
 
 from anyio.abc import TaskStatus
 
+from podshare.exceptions import PodshareError
+
 __all__ = ["RouteTable"]
 
 
@@ -45,9 +47,12 @@ class RouteTable(Protocol):
     async def run(
         self,
         on_down: Callable[[str], None],
+        on_reclaim_failed: Callable[[str, PodshareError], None],
         *,
         task_status: TaskStatus[None],
     ) -> None:
         """Follow membership until cancelled, calling ``on_down(node_id)`` for each node
-        that goes down; ``task_status.started()`` once it is following."""
+        that goes down and ``on_reclaim_failed(target, error)`` for each route it could
+        not claim again in the background; ``task_status.started()`` once it is
+        following."""
         ...

@@ -6,7 +6,8 @@ Each route is an ephemeral entry written by its owner, so when the owner goes do
 
 A delete by another node can still race with this node's newer claim (that node had not
 yet seen it, and its delete carries a later stamp). The route table heals this: a node
-that still holds a target and sees its route deleted by someone else claims it again.
+that still holds a target and sees its route deleted by someone else claims it again. A
+re-claim that fails is handed to the endpoint, which counts and reports it.
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ class StoreRoutes:
     async def run(
         self,
         on_down: Callable[[str], None],
+        on_reclaim_failed: Callable[[str, PodshareError], None],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reclaimer)
+            tg.start_soon(self._reclaimer, on_reclaim_failed)
             started = False
             while True:
                 async with self.store.watch(members=True, buffer=_WATCH_BUFFER) as events:
@@ -139,7 +141,7 @@ class StoreRoutes:
         self._reclaim_wanted.add(target)
         self._wake_reclaimer.set()
 
-    async def _reclaimer(self) -> None:
+    async def _reclaimer(self, on_reclaim_failed: Callable[[str, PodshareError], None]) -> None:
         while True:
             await self._wake_reclaimer.wait()
             self._wake_reclaimer = anyio.Event()
@@ -148,9 +150,11 @@ class StoreRoutes:
                 if target in self._claimed and self.store.get(target) is None:
                     try:
                         await self.store.set(target, self._node_id, ephemeral=True)
-                    except PodshareError:
-                        # The local write stands; anti-entropy carries it to peers.
-                        pass
+                    except PodshareError as exc:
+                        # Reported, not retried here: a failed publish leaves the local
+                        # write standing and anti-entropy carries it to peers; a refused
+                        # write (the store closing) needs nothing more.
+                        on_reclaim_failed(target, exc)
 
 
 @asynccontextmanager

@@ -30,8 +30,17 @@ Retry with an idempotency key that the handler remembers::
             done[key] = b"sent"
         return done[key]
 
-The owner gives a handler the caller's remaining timeout and cancels it after that,
-since nobody waits for its reply any more.
+**Deadlines travel with the call.** The caller's budget is the nearer of its timeout
+(``timeout=``, else ``call_timeout``) and the deadline of the code around the call
+(``anyio.fail_after``, ``move_on_after``, a cancel scope with a deadline); the owner runs
+the handler with that budget and cancels it when the budget is spent, since nobody waits
+for its reply any more.
+
+**Cancellation travels too.** A caller that gives up (cancelled, or its own timeout
+passed) sends the owner a cancel envelope naming the call id and its own node id; the
+owner cancels that handler and frees its concurrency slot at once. Only a cancel whose
+call id *and* sender match a running call has any effect. A reply that crosses the
+cancel on the wire is dropped by the caller and counted (``stats().replies_late``).
 
 Errors a call raises, all :class:`~podshare.exceptions.CallError`:
 
@@ -49,29 +58,44 @@ Errors a call raises, all :class:`~podshare.exceptions.CallError`:
 
 A self-call (the target is owned by this node) runs the handler in the caller's task,
 with no serialisation, and raises the handler's own exception unchanged.
+
+Errors nobody's call receives go to ``on_error`` (see :class:`Endpoint`).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import anyio
-from anyio.abc import TaskGroup
+import anyio.abc
 
+from podshare._counters import StatsRecord
+from podshare._limits import (
+    MAX_NAMESPACE_LENGTH,
+    MAX_NODE_ID_LENGTH,
+    check_key,
+    check_name,
+    is_panic,
+    type_name,
+)
+from podshare._service import DEFAULT_CLOSE_TIMEOUT, Service
 from podshare.callreply._envelope import (
     MAX_NAME,
+    Cancel,
     Reply,
     Request,
     Status,
     decode,
+    encode_cancel,
     encode_reply,
     encode_request,
 )
@@ -88,24 +112,33 @@ from podshare.exceptions import (
     PodshareError,
     ProtocolError,
     RemoteError,
+    TransportError,
 )
 from podshare.transport.base import Transport, max_message_size
 
-__all__ = ["Endpoint", "EndpointStats", "Handler"]
+__all__ = ["Endpoint", "EndpointStats", "ErrorHandler", "Handler"]
 
 #: An async handler: receives the call's payload, returns the reply's payload.
 Handler = Callable[[bytes], Awaitable[bytes]]
+#: Receives each background error of an endpoint; may be sync or async.
+ErrorHandler = Callable[[Exception], object]
 
-# The route store is named "callreply.{namespace}" and store names stop at 200.
-_MAX_NAMESPACE: Final = 190
 # How long a closing endpoint spends telling callers their handler was cancelled.
 _CLOSING_REPLY_GRACE: Final = 0.5
+# How long a caller that gave up spends telling the owner (shielded from its own
+# cancellation, so it must stay short).
+_CANCEL_GRACE: Final = 0.5
+# The envelope caps a budget at a day; a longer timeout is sent as a day.
+_MAX_BUDGET_MS: Final = 86_400_000
 _UNKNOWN_METHOD_TYPE: Final = "LookupError"
 
+# Set in the tasks an endpoint runs (inbox workers, handlers): which endpoint they serve.
+_serving_endpoint: ContextVar[Endpoint | None] = ContextVar("_serving_endpoint", default=None)
 
-@dataclass(frozen=True, slots=True)
-class EndpointStats:
-    """A snapshot of one endpoint's counters, from :meth:`Endpoint.stats`.
+
+@dataclass(slots=True)
+class EndpointStats(StatsRecord):
+    """One endpoint's counters; :meth:`Endpoint.stats` returns a frozen snapshot.
 
     Counters only grow, except the gauges ``calls_pending`` and ``handlers_active``.
     """
@@ -122,43 +155,34 @@ class EndpointStats:
     """Requests refused because ``max_concurrency`` handlers were already running."""
     requests_unroutable: int = 0
     """Requests for a target or method this node does not have."""
+    requests_duplicate: int = 0
+    """Requests delivered again while their first copy still ran; dropped (at most once)."""
     handler_errors: int = 0
     """Handlers (remote or local) that raised."""
     replies_late: int = 0
     """Replies that arrived after their caller gave up (timed out, cancelled); dropped."""
+    replies_failed: int = 0
+    """Replies this node could not publish (reported to ``on_error``)."""
     decode_errors: int = 0
-    """Inbox messages that were not valid envelopes; dropped."""
+    """Inbox messages that were not valid envelopes; dropped (reported to ``on_error``)."""
+    cancels_sent: int = 0
+    """Cancel envelopes sent to an owner because a caller here gave up."""
+    cancels_failed: int = 0
+    """Cancel envelopes that could not be sent (reported to ``on_error``)."""
+    cancels_applied: int = 0
+    """Cancel envelopes that cancelled a running handler here."""
+    cancels_unmatched: int = 0
+    """Cancel envelopes naming no running call of their sender (late, or forged); ignored."""
+    calls_abandoned: int = 0
+    """Handlers here stopped because their caller gave up (a cancel, or its budget ran
+    out); no reply is sent for them."""
+    reclaims_failed: int = 0
+    """Route re-claims (after another node's delete erased a route) that failed
+    (reported to ``on_error``)."""
     calls_pending: int = 0
     """Remote calls waiting for a reply now."""
     handlers_active: int = 0
-    """Handlers running now (remote and local)."""
-
-
-class _Counters:
-    """The mutable mirror of :class:`EndpointStats`."""
-
-    __slots__ = (
-        "calls_failed",
-        "calls_local",
-        "calls_remote",
-        "decode_errors",
-        "handler_errors",
-        "replies_late",
-        "requests_busy",
-        "requests_received",
-        "requests_unroutable",
-    )
-
-    def __init__(self) -> None:
-        self.calls_remote = 0
-        self.calls_local = 0
-        self.calls_failed = 0
-        self.requests_received = 0
-        self.requests_busy = 0
-        self.requests_unroutable = 0
-        self.handler_errors = 0
-        self.replies_late = 0
-        self.decode_errors = 0
+    """Handlers holding a concurrency slot now (remote and local)."""
 
 
 class _Pending:
@@ -173,26 +197,28 @@ class _Pending:
         self.error: PodshareError | None = None
 
 
+class _Running:
+    """One handler running for a remote caller: its scope and its concurrency slot."""
+
+    __slots__ = ("abandoned", "holds_slot", "scope")
+
+    def __init__(self, deadline: float) -> None:
+        self.scope = anyio.CancelScope(deadline=deadline)
+        self.abandoned = False  # the caller's cancel arrived
+        self.holds_slot = True
+
+
 def _inbox_topic(namespace: str, node_id: str) -> str:
     return f"cr/{namespace}#{node_id}"
 
 
-def _type_name(exc: BaseException) -> str:
-    tp = type(exc)
-    if tp.__module__ == "builtins":
-        return tp.__qualname__
-    return f"{tp.__module__}.{tp.__qualname__}"
+def _check_call_names(target: object, method: object) -> None:
+    # A target is a key of the route store; a method is a name the code chooses.
+    check_key(target)
+    check_name(method, "method", MAX_NAME)
 
 
-def _check_name(value: object, what: str, *, limit: int = MAX_NAME, node: bool = False) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise ConfigurationError(f"{what} must be a non-empty string of at most {limit} chars")
-    if node and "#" in value:
-        raise ConfigurationError(f"{what} must not contain '#'")
-    return value
-
-
-class Endpoint:
+class Endpoint(Service):
     """Register handlers for targets this pod owns, and call targets wherever they live.
 
     Args:
@@ -209,11 +235,23 @@ class Endpoint:
             :class:`~podshare.exceptions.OwnerUnavailable` (the store's default when omitted).
         route_options: further keyword options for the route table's
             :class:`~podshare.Store` (``hydrate_timeout``, ``anti_entropy_interval``...).
-        logger: where unexpected conditions are logged.
+        on_error: called with each error that no call receives: an undecodable inbox
+            message (:class:`~podshare.exceptions.ProtocolError`), a reply or cancel that
+            could not be published and a route re-claim that failed (the transport's
+            :class:`~podshare.exceptions.PodshareError`), and an exception a handler
+            raised after its caller had left (the handler's own exception). Sync or
+            async; one that raises is logged and the endpoint carries on. Without it,
+            these are logged (decode errors at DEBUG, since peers control their rate;
+            the others at WARNING); with it, at DEBUG.
+        logger: where unexpected conditions are logged (default
+            ``logging.getLogger("podshare.callreply")``).
+        close_timeout: the most seconds closing may take (cancelling handlers, telling
+            their callers, leaving the route table); a nearer deadline of the code that
+            closes wins.
 
-    The endpoint is an async context manager; its task group owns the inbox loop, the
-    membership watch and every running handler, so nothing outlives it. Delivery is at
-    most once (see the module documentation for the idempotency-key retry pattern).
+    The endpoint is an async context manager; it owns the inbox loop, the membership
+    watch and every running handler, so nothing outlives it. Delivery is at most once
+    (see the module documentation for the idempotency-key retry pattern).
 
     Example::
 
@@ -221,7 +259,7 @@ class Endpoint:
             await websocket.send_bytes(payload)
             return b"ok"
 
-        async with Endpoint(transport, node_id="pod-1") as ep:
+        async with Endpoint(transport, node_id="pod-1", on_error=print) as ep:
             await ep.register("user:42", "push", push)
             ...
             reply = await ep.call("user:42", "push", b"hello")  # from any pod
@@ -238,97 +276,126 @@ class Endpoint:
         heartbeat_interval: float | None = None,
         down_after: float | None = None,
         route_options: Mapping[str, Any] | None = None,
+        on_error: ErrorHandler | None = None,
         logger: logging.Logger | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
+        super().__init__(close_timeout=close_timeout)
         if not isinstance(transport, Transport):
             raise ConfigurationError(
                 f"transport must implement publish(), subscribe() and aclose(), not {transport!r}"
             )
         if node_id is None:
             node_id = f"cr-{secrets.token_hex(6)}"
-        self._node_id = _check_name(node_id, "node_id", limit=200, node=True)
-        self._namespace = _check_name(namespace, "namespace", limit=_MAX_NAMESPACE, node=True)
-        if not (isinstance(call_timeout, int | float) and 0 < call_timeout < math.inf):
+        self._node_id = check_name(node_id, "node_id", MAX_NODE_ID_LENGTH)
+        self._namespace = check_name(namespace, "namespace", MAX_NAMESPACE_LENGTH)
+        if (
+            isinstance(call_timeout, bool)
+            or not isinstance(call_timeout, int | float)
+            or not 0 < call_timeout < math.inf
+        ):
             raise ConfigurationError("call_timeout must be a positive finite number of seconds")
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise ConfigurationError("max_concurrency must be a positive integer")
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be a positive integer")
+        if on_error is not None and not callable(on_error):
+            raise ConfigurationError(f"on_error must be callable, not {on_error!r}")
         self._transport = transport
         self._call_timeout = float(call_timeout)
         self._max_concurrency = max_concurrency
         self._heartbeat_interval = heartbeat_interval
         self._down_after = down_after
         self._route_options = dict(route_options or {})
+        self._on_error = on_error
         self._logger = logger or logging.getLogger("podshare.callreply")
         self._max_size = max_message_size(transport)
         self._inbox = _inbox_topic(self._namespace, self._node_id)
         self._handlers: dict[str, dict[str, Handler]] = {}
         self._pending: dict[int, _Pending] = {}
+        # Handlers running for remote callers, by (call id, caller): what a cancel names.
+        self._running: dict[tuple[int, str], _Running] = {}
         # A random start makes a restarted node with the same id ignore replies meant
         # for its previous life instead of mistaking them for its own.
         self._call_ids = itertools.count(secrets.randbits(62))
         self._active = 0
         self._reader_lock = anyio.Lock()
         self._inbox_ended = False
-        self._counters = _Counters()
+        self._stats = EndpointStats()
         self._routes: RouteTable | None = None
-        self._task_group: TaskGroup | None = None
-        self._stack: AsyncExitStack | None = None
-        self._open = False
-        self._closing = False
+        self._serving: anyio.abc.TaskGroup | None = None
+        # Made on opening: events need a running event loop.
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle (podshare._service.Service) -----------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._stack is not None or self._closing:
-            raise ClosedError("an Endpoint can be entered only once")
-        stack = AsyncExitStack()
-        self._stack = stack
-        try:
-            routes = await stack.enter_async_context(self._open_routes())
-            inbox = await stack.enter_async_context(self._transport.subscribe(self._inbox))
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            self._routes = routes
-            self._task_group = task_group
-            await task_group.start(routes.run, self._on_node_down)
-            task_group.start_soon(self._inbox_worker, inbox)
-        except BaseException:
-            self._closing = True
-            await stack.aclose()
-            raise
-        self._open = True
-        return self
+    def _describe(self) -> str:
+        return f"Endpoint {self._node_id!r}"
 
-    async def __aexit__(
+    async def _open(self) -> None:
+        self._stop = anyio.Event()
+        self._stopped = anyio.Event()
+        await self.start(self._run, self._stop, self._stopped)
+
+    async def _run(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose()
-        return None
+        stop: anyio.Event,
+        stopped: anyio.Event,
+        *,
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        """Own the route table, the inbox and the serving tasks, from open to close.
+
+        One task holds them all, so closing works from any task, a handler included.
+        Once told to stop, it cancels the handlers (they tell their callers),
+        unsubscribes the inbox, then closes the route table, which announces this
+        node's departure: shielded, within ``close_timeout``.
+        """
+        _serving_endpoint.set(self)  # inherited by every serving task
+        try:
+            with anyio.CancelScope() as cleanup:
+                async with (
+                    self._open_routes() as routes,
+                    self._transport.subscribe(self._inbox) as inbox,
+                    anyio.create_task_group() as serving,
+                ):
+                    self._routes = routes
+                    self._serving = serving
+                    await serving.start(routes.run, self._on_node_down, self._on_reclaim_failed)
+                    serving.start_soon(self._inbox_worker, inbox)
+                    task_status.started()
+                    await stop.wait()
+                    # From here on the exit must finish even if the service's tasks are
+                    # cancelled (a close from inside a handler does not wait for it).
+                    cleanup.shield = True
+                    cleanup.deadline = anyio.current_time() + self._close_timeout
+                    serving.cancel_scope.cancel()
+        finally:
+            self._serving = None
+            stopped.set()
+
+    async def _close(self) -> None:
+        for pending in self._pending.values():
+            self._fail(pending, ClosedError("the endpoint closed while the call waited"))
+        if self._stop is None or self._stopped is None:
+            return
+        self._stop.set()
+        if _serving_endpoint.get() is not self:
+            # Wait for the handlers to stop and the route table to close. A handler (or
+            # any task of this endpoint) closing it cannot wait for itself: the cleanup
+            # runs shielded in _run and the service waits for it on exit.
+            await self._stopped.wait()
 
     async def aclose(self) -> None:
         """Close: cancel running handlers, fail waiting calls, leave the route table.
 
-        Leaving ``async with`` does this; call it only from the task that entered.
-        Callers waiting on this endpoint get :class:`~podshare.exceptions.ClosedError`;
-        remote callers whose handler was cancelled get
-        :class:`~podshare.exceptions.OwnerUnavailable`. Idempotent.
+        Leaving ``async with`` does this; it may also be called from any task, a
+        handler included. Callers waiting on this endpoint get
+        :class:`~podshare.exceptions.ClosedError`; remote callers whose handler was
+        cancelled get :class:`~podshare.exceptions.OwnerUnavailable`. Idempotent.
         """
-        if self._closing or self._stack is None:
-            self._closing = True
-            return
-        self._closing = True
-        self._open = False
-        for pending in self._pending.values():
-            self._fail(pending, ClosedError("the endpoint closed while the call waited"))
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-        # Leaving the stack exits the task group (handlers cancelled), unsubscribes the
-        # inbox, then closes the route table, which announces this node's departure.
-        await self._stack.aclose()
+        await super().aclose()
 
     def _open_routes(self) -> AbstractAsyncContextManager[RouteTable]:
         """Open the route table; tests override this to use a fake one."""
@@ -390,13 +457,19 @@ class Endpoint:
         the target simply registers there.
 
         Args:
-            target: what callers address (``"user:42"``, a connection id...).
-            method: the operation's name on that target.
+            target: what callers address (``"user:42"``, a connection id...): a key of
+                the route table, 1 to 1024 characters.
+            method: the operation's name on that target (1 to 1024 characters, no
+                ``#``).
             handler: ``async def handler(payload: bytes) -> bytes``.
+
+        Raises:
+            InvalidValue: ``target`` is not a valid key.
+            ConfigurationError: ``method`` is not a valid name, or ``handler`` is not
+                callable.
         """
         routes = self._require_routes()
-        _check_name(target, "target")
-        _check_name(method, "method")
+        _check_call_names(target, method)
         if not callable(handler):
             raise ConfigurationError("handler must be an async callable (payload) -> bytes")
         methods = self._handlers.setdefault(target, {})
@@ -440,6 +513,14 @@ class Endpoint:
         At most once: see the module documentation for what each error means and for a
         retry pattern with idempotency keys.
 
+        The handler's budget is the nearer of ``timeout`` and the deadline of the code
+        around the call: inside ``with anyio.fail_after(0.3)`` the remote handler gets
+        about 0.3 s, whatever ``call_timeout`` says. When that enclosing deadline comes
+        first, the enclosing scope's own cancellation ends the call (``fail_after``
+        raises its ``TimeoutError``); when ``timeout`` comes first, the call raises
+        :class:`~podshare.exceptions.CallTimeout`. Either way, or when the caller is
+        cancelled, the owner is told and cancels the handler.
+
         Args:
             target: the target to call.
             method: the method registered for it.
@@ -450,19 +531,26 @@ class Endpoint:
             NoRoute, OwnerUnavailable, CallTimeout, RemoteError, EndpointBusy: see above.
             MessageTooLarge: the request does not fit the transport's message size.
             ClosedError: the endpoint is closed or closed during the call.
+            InvalidValue: a bad target or payload.
+            ConfigurationError: a bad method name or timeout.
 
         Example::
 
-            reply = await ep.call("user:42", "push", b"hello", timeout=2.0)
+            with anyio.fail_after(2.0):                 # the handler gets 2 s too
+                reply = await ep.call("user:42", "push", b"hello")
         """
         routes = self._require_routes()
+        _check_call_names(target, method)
         if timeout is None:
             timeout = self._call_timeout
-        elif not timeout > 0:
+        elif isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigurationError("timeout must be a positive number of seconds")
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise InvalidValue("payload must be bytes")
-        deadline = anyio.current_time() + timeout
+        now = anyio.current_time()
+        deadline = now + timeout
+        # What the handler may use: our timeout or the enclosing deadline, the nearer.
+        budget_end = min(deadline, anyio.current_effective_deadline())
         try:
             # One retry at most: a stale route answered NO_TARGET (nothing ran there) and
             # the route table meanwhile learnt of a different owner.
@@ -475,42 +563,32 @@ class Endpoint:
                     raise NoRoute(f"no owner is known for {target!r}")
                 if owner == self._node_id:
                     return await self._call_local(target, method, bytes(payload), deadline)
-                remaining = timeout if tried is None else deadline - anyio.current_time()
-                reply = await self._call_remote(owner, target, method, payload, remaining)
+                reply = await self._call_remote(
+                    owner, target, method, payload, deadline, budget_end
+                )
                 if reply.status is Status.NO_TARGET and tried is None:
                     tried = owner
                     continue
                 return self._outcome(reply, owner, target)
         except Exception:
-            self._counters.calls_failed += 1
+            self._stats.calls_failed += 1
             raise
 
     def stats(self) -> EndpointStats:
         """A frozen snapshot of this endpoint's counters."""
-        c = self._counters
-        return EndpointStats(
-            calls_remote=c.calls_remote,
-            calls_local=c.calls_local,
-            calls_failed=c.calls_failed,
-            requests_received=c.requests_received,
-            requests_busy=c.requests_busy,
-            requests_unroutable=c.requests_unroutable,
-            handler_errors=c.handler_errors,
-            replies_late=c.replies_late,
-            decode_errors=c.decode_errors,
-            calls_pending=len(self._pending),
-            handlers_active=self._active,
-        )
+        self._stats.calls_pending = len(self._pending)
+        self._stats.handlers_active = self._active
+        return self._stats.snapshot()
 
     # -- calling ---------------------------------------------------------------------
 
     def _require_routes(self) -> RouteTable:
-        if not self._open or self._routes is None:
-            raise ClosedError("the Endpoint is not open (use `async with Endpoint(...)`)")
+        self._check_open()
+        assert self._routes is not None  # set before the endpoint counts as open
         return self._routes
 
     async def _call_local(self, target: str, method: str, payload: bytes, deadline: float) -> bytes:
-        self._counters.calls_local += 1
+        self._stats.calls_local += 1
         methods = self._handlers.get(target)
         if methods is None:
             raise NoRoute(f"{target!r} is routed to this node but not registered here")
@@ -522,12 +600,13 @@ class Endpoint:
         self._active += 1
         try:
             # The handler's own exceptions pass through unchanged (even a TimeoutError);
-            # only the scope's expiry becomes CallTimeout.
-            with anyio.move_on_after(max(deadline - anyio.current_time(), 0)) as scope:
+            # only the scope's expiry becomes CallTimeout. The enclosing deadline applies
+            # by itself: the handler runs in the caller's task.
+            with anyio.CancelScope(deadline=deadline) as scope:
                 try:
                     result: object = await handler(payload)
                 except Exception:
-                    self._counters.handler_errors += 1
+                    self._stats.handler_errors += 1
                     raise
         finally:
             self._active -= 1
@@ -538,13 +617,20 @@ class Endpoint:
         return bytes(result)
 
     async def _call_remote(
-        self, owner: str, target: str, method: str, payload: bytes, remaining: float
+        self,
+        owner: str,
+        target: str,
+        method: str,
+        payload: bytes,
+        deadline: float,
+        budget_end: float,
     ) -> Reply:
-        """Send one request to ``owner`` and wait up to ``remaining`` seconds for its reply."""
+        """Send one request to ``owner``; wait until ``deadline`` for its reply."""
         routes = self._require_routes()
         if not routes.is_alive(owner):
             raise OwnerUnavailable(f"the owner of {target!r}, {owner!r}, is down")
         call_id = next(self._call_ids) & 0xFFFF_FFFF_FFFF_FFFF
+        budget_ms = (budget_end - anyio.current_time()) * 1000
         data = encode_request(
             Request(
                 call_id,
@@ -552,29 +638,58 @@ class Endpoint:
                 target,
                 method,
                 bytes(payload),
-                min(max(int(remaining * 1000), 1), 86_400_000),
+                int(min(max(budget_ms, 1), _MAX_BUDGET_MS)),
             )
         )
         if len(data) > self._max_size:
             raise MessageTooLarge(
                 f"call request of {len(data)} bytes exceeds the transport's {self._max_size}"
             )
-        self._counters.calls_remote += 1
+        self._stats.calls_remote += 1
         pending = _Pending(owner)
         self._pending[call_id] = pending
+        sent = False
         try:
-            with anyio.move_on_after(max(remaining, 0)) as scope:
+            with anyio.CancelScope(deadline=deadline) as scope:
                 await self._transport.publish(_inbox_topic(self._namespace, owner), data)
+                sent = True
                 await pending.done.wait()
+        except anyio.get_cancelled_exc_class():
+            # The caller was cancelled (or its enclosing deadline passed): free the
+            # owner's slot now rather than when the budget runs out.
+            if sent and pending.reply is None:
+                await self._send_cancel(owner, call_id)
+            raise
         finally:
             # Cancelled, timed out or answered: nothing of this call stays behind.
             del self._pending[call_id]
         if pending.error is not None:
+            if isinstance(pending.error, ClosedError) and sent:
+                await self._send_cancel(owner, call_id)  # this endpoint is closing
             raise pending.error
         if pending.reply is None:
             assert scope.cancelled_caught
+            await self._send_cancel(owner, call_id)
             raise CallTimeout(f"no reply from {owner!r} for {target!r}.{method} in time")
         return pending.reply
+
+    async def _send_cancel(self, owner: str, call_id: int) -> None:
+        """Tell ``owner`` that the caller of ``call_id`` gave up; bounded and shielded."""
+        data = encode_cancel(Cancel(call_id, self._node_id))
+        error: Exception | None = None
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _CANCEL_GRACE
+            try:
+                await self._transport.publish(_inbox_topic(self._namespace, owner), data)
+            except PodshareError as exc:
+                error = exc
+        if error is None and scope.cancelled_caught:
+            error = TransportError(f"publishing a cancel to {owner!r} took over {_CANCEL_GRACE} s")
+        if error is not None:
+            self._stats.cancels_failed += 1
+            self._report(error, f"could not tell {owner!r} that a call was cancelled")
+        else:
+            self._stats.cancels_sent += 1
 
     def _outcome(self, reply: Reply, owner: str, target: str) -> bytes:
         status = reply.status
@@ -603,12 +718,12 @@ class Endpoint:
     async def _inbox_worker(self, inbox: AsyncIterator[bytes]) -> None:
         """Read the inbox while holding the reader lock; serve requests after passing it on.
 
-        Leader/followers: one worker (the holder of ``_reader_lock``) reads. Replies and
-        refusals are handled on the spot. For a request to run, the reader hands the
-        lock to the next worker (starting one if none waits) and runs the handler itself,
-        so a request is never handed between tasks before its handler starts. At most
-        ``max_concurrency + 1`` workers exist: one is started only when a handler starts
-        and no worker is waiting to read.
+        Leader/followers: one worker (the holder of ``_reader_lock``) reads. Replies,
+        cancels and refusals are handled on the spot. For a request to run, the reader
+        hands the lock to the next worker (starting one if none waits) and runs the
+        handler itself, so a request is never handed between tasks before its handler
+        starts. At most ``max_concurrency + 1`` workers exist: one is started only when
+        a handler starts and no worker is waiting to read.
         """
         lock = self._reader_lock
         while True:
@@ -625,38 +740,45 @@ class Endpoint:
                 if work is None:
                     return
                 if lock.statistics().tasks_waiting == 0:
-                    assert self._task_group is not None
-                    self._task_group.start_soon(self._inbox_worker, inbox)
+                    assert self._serving is not None
+                    self._serving.start_soon(self._inbox_worker, inbox)
             finally:
                 lock.release()
             await self._serve(*work)
 
-    async def _receive(self, data: bytes) -> tuple[Request, Handler] | None:
-        """Handle one inbox message; return the request and handler to run, if any."""
+    async def _receive(self, data: bytes) -> tuple[Request, Handler, _Running] | None:
+        """Handle one inbox message; return the request to run, its handler and slot."""
         try:
             envelope = decode(data, max_size=self._max_size)
         except ProtocolError as exc:
-            self._counters.decode_errors += 1
-            self._logger.debug("dropped a bad callreply envelope: %s", exc)
+            self._stats.decode_errors += 1
+            self._report(exc, "dropped a bad callreply envelope", level=logging.DEBUG)
             return None
         if isinstance(envelope, Reply):
             pending = self._pending.get(envelope.call_id)
             if pending is None or pending.done.is_set():
-                self._counters.replies_late += 1
+                self._stats.replies_late += 1
             else:
                 pending.reply = envelope
                 pending.done.set()
             return None
+        if isinstance(envelope, Cancel):
+            self._cancel(envelope)
+            return None
         request = envelope
-        self._counters.requests_received += 1
+        self._stats.requests_received += 1
+        key = (request.call_id, request.reply_to)
+        if key in self._running:
+            self._stats.requests_duplicate += 1
+            return None
         methods = self._handlers.get(request.target)
         if methods is None:
-            self._counters.requests_unroutable += 1
+            self._stats.requests_unroutable += 1
             await self._reply(request, Reply(request.call_id, Status.NO_TARGET))
             return None
         handler = methods.get(request.method)
         if handler is None:
-            self._counters.requests_unroutable += 1
+            self._stats.requests_unroutable += 1
             message = f"{request.target!r} has no method {request.method!r}"
             await self._reply(
                 request,
@@ -664,38 +786,86 @@ class Endpoint:
             )
             return None
         if self._active >= self._max_concurrency:
-            self._counters.requests_busy += 1
+            self._stats.requests_busy += 1
             await self._reply(request, Reply(request.call_id, Status.BUSY))
             return None
         self._active += 1
-        return request, handler
+        # Registered before the handler starts, so a cancel right behind the request
+        # finds it; the budget counts from now, when the owner learnt of the call.
+        running = _Running(anyio.current_time() + request.budget_ms / 1000)
+        self._running[key] = running
+        return request, handler, running
 
-    async def _serve(self, request: Request, handler: Handler) -> None:
+    def _cancel(self, cancel: Cancel) -> None:
+        # Both the call id and the caller must match: a sender cannot stop calls that
+        # other nodes made (it would have to name them, and their reply_to, exactly).
+        running = self._running.get((cancel.call_id, cancel.reply_to))
+        if running is None or running.abandoned:
+            self._stats.cancels_unmatched += 1
+            return
+        self._stats.cancels_applied += 1
+        running.abandoned = True
+        running.scope.cancel()
+        # The slot is free now, not when the handler has finished unwinding.
+        self._release(running)
+
+    def _release(self, running: _Running) -> None:
+        if running.holds_slot:
+            running.holds_slot = False
+            self._active -= 1
+
+    async def _serve(self, request: Request, handler: Handler, running: _Running) -> None:
         reply: Reply | None = None
+        late_error: Exception | None = None
         try:
-            # The caller stops waiting after its budget; so does the handler.
-            with anyio.move_on_after(request.budget_ms / 1000):
+            with running.scope:
                 try:
                     result: object = await handler(request.payload)
                 except Exception as exc:
-                    self._counters.handler_errors += 1
-                    reply = Reply(request.call_id, Status.ERROR, b"", _type_name(exc), str(exc))
+                    self._stats.handler_errors += 1
+                    if self._abandoned(running):
+                        late_error = exc  # nobody waits for this call any more
+                    else:
+                        reply = Reply(request.call_id, Status.ERROR, b"", type_name(exc), str(exc))
+                except BaseException as exc:
+                    if not is_panic(exc):
+                        raise
+                    # A Rust panic (pycrdt) in a handler is that call's failure, not the
+                    # endpoint's: the caller gets a RemoteError.
+                    self._stats.handler_errors += 1
+                    reply = Reply(request.call_id, Status.ERROR, b"", type_name(exc), str(exc))
                 else:
                     if isinstance(result, bytes | bytearray | memoryview):
                         reply = Reply(request.call_id, Status.OK, bytes(result))
                     else:
-                        self._counters.handler_errors += 1
+                        self._stats.handler_errors += 1
                         message = f"handler returned {type(result).__name__}, not bytes"
                         reply = Reply(request.call_id, Status.ERROR, b"", "TypeError", message)
         except anyio.get_cancelled_exc_class():
-            if self._closing:
+            # Not the call's own scope (that one stops here): the endpoint is closing.
+            if self.state in ("closing", "closed"):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSING_REPLY_GRACE):
                     await self._reply(request, Reply(request.call_id, Status.CLOSING))
             raise
         finally:
-            self._active -= 1
+            self._release(running)
+            key = (request.call_id, request.reply_to)
+            if self._running.get(key) is running:
+                del self._running[key]
+        if self._abandoned(running) or running.scope.cancelled_caught:
+            self._stats.calls_abandoned += 1
+            if late_error is not None:
+                self._report(
+                    late_error,
+                    f"handler of {request.target!r}.{request.method} raised after its caller left",
+                )
+            return  # the caller has given up: no reply
         if reply is not None:
             await self._reply(request, reply)
+
+    @staticmethod
+    def _abandoned(running: _Running) -> bool:
+        return running.abandoned or anyio.current_time() >= running.scope.deadline
 
     async def _reply(self, request: Request, reply: Reply) -> None:
         data = encode_reply(reply)
@@ -706,4 +876,42 @@ class Endpoint:
             await self._transport.publish(_inbox_topic(self._namespace, request.reply_to), data)
         except PodshareError as exc:
             # The caller times out (or learns its owner is down); at most once.
-            self._logger.warning("could not send a callreply reply: %s", exc)
+            self._stats.replies_failed += 1
+            self._report(exc, f"could not send a reply to {request.reply_to!r}")
+
+    def _on_reclaim_failed(self, target: str, error: PodshareError) -> None:
+        self._stats.reclaims_failed += 1
+        self._report(error, f"could not re-claim the route to {target!r}")
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _report(self, error: Exception, what: str, *, level: int = logging.WARNING) -> None:
+        """Hand a background error to ``on_error`` (or log it); never raises."""
+        if self._on_error is None:
+            self._logger.log(
+                level, "endpoint %r: %s: %s: %s", self._node_id, what, type_name(error), error
+            )
+            return
+        self._logger.debug("endpoint %r: %s: %s: %s", self._node_id, what, type_name(error), error)
+        try:
+            result = self._on_error(error)
+        except Exception:
+            self._logger.exception("endpoint %r: on_error raised", self._node_id)
+            return
+        if inspect.isawaitable(result):
+            if self.state in ("opening", "open"):
+                self.start_soon(self._await_on_error, result)
+            else:
+                # Closing: nothing may outlive the endpoint, so it is not awaited.
+                if inspect.iscoroutine(result):
+                    result.close()
+                self._logger.debug(
+                    "endpoint %r: on_error not awaited: the endpoint is closing",
+                    self._node_id,
+                )
+
+    async def _await_on_error(self, result: Awaitable[object]) -> None:
+        try:
+            await result
+        except Exception:
+            self._logger.exception("endpoint %r: on_error raised", self._node_id)

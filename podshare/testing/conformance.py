@@ -5,6 +5,12 @@ Anyone carrying podshare over their own wire implements three methods
 or with the pytest mixin :class:`TransportConformance`, which runs each property as its
 own test. podshare's memory, Redis and TCP transports pass the same checks.
 
+Optional capabilities are checked when the transport offers them:
+:class:`~podshare.transport.ClusterReadiness` (``wait_ready()`` returns),
+:class:`~podshare.transport.SubscriberCounting` (``remote_subscribers(topic)`` is
+``None`` or agrees with the subscriptions the check makes) and a ``stats()`` method
+returning a podshare-style record (a dataclass snapshot of non-negative counters).
+
 Example, with the memory transport (two transports on one network stand for two
 processes)::
 
@@ -25,15 +31,22 @@ processes)::
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 from podshare.exceptions import ClosedError, MessageTooLarge, PodshareError
-from podshare.transport.base import GapReporting, Transport
+from podshare.transport.base import (
+    ClusterReadiness,
+    GapReporting,
+    SubscriberCounting,
+    Transport,
+)
 
 __all__ = ["TransportConformance", "TransportFactory", "check_transport"]
 
@@ -45,6 +58,9 @@ TransportFactory = Callable[[], AbstractAsyncContextManager[Transport]]
 # limits (Redis allows 512 MiB) are checked with this size instead.
 _LARGEST_CHECKED = 4 * 1024 * 1024
 _ORDER_COUNT = 200
+# Subscriber counts may travel between processes (TCP peers announce them): re-read
+# them at this interval until they agree or the receive timeout passes.
+_COUNT_POLL_SECONDS = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +270,94 @@ async def _check_no_subscribers(ctx: _Context) -> None:
         raise _fail(prop, f"raised {type(exc).__name__}: {exc}") from exc
 
 
+async def _check_readiness(ctx: _Context) -> None:
+    prop = "wait_ready returns while open"
+    for where, transport in (("first", ctx.a), ("second", ctx.b)):
+        if not isinstance(transport, ClusterReadiness):
+            continue
+        with anyio.move_on_after(ctx.timeout) as scope:
+            await transport.wait_ready()
+        if scope.cancelled_caught:
+            raise _fail(prop, f"the {where} instance's wait_ready() did not return in time")
+
+
+async def _count_becomes(
+    ctx: _Context, transport: Transport, topic: str, expected: int, situation: str
+) -> None:
+    """Poll ``remote_subscribers(topic)`` until it is ``None`` or ``expected``."""
+    prop = "remote_subscribers agrees with the subscriptions"
+    assert isinstance(transport, SubscriberCounting)
+    got: object = None
+    with anyio.move_on_after(ctx.timeout):
+        while True:
+            got = await transport.remote_subscribers(topic)
+            if got is None:
+                return  # the transport cannot tell right now: nothing to compare
+            if type(got) is not int or got < 0:
+                raise _fail(prop, f"{situation}: returned {got!r}, not None or an int >= 0")
+            if got == expected:
+                return
+            await anyio.sleep(_COUNT_POLL_SECONDS)
+    raise _fail(prop, f"{situation}: expected {expected}, still {got!r} after {ctx.timeout} s")
+
+
+async def _check_subscriber_counting(ctx: _Context) -> None:
+    a, b = ctx.a, ctx.b
+    counts_a, counts_b = isinstance(a, SubscriberCounting), isinstance(b, SubscriberCounting)
+    if not (counts_a or counts_b):
+        return
+    topic = ctx.topic("subscribers")
+
+    async def expect(on_a: int, on_b: int, situation: str) -> None:
+        if counts_b:
+            await _count_becomes(ctx, b, topic, on_b, f"{situation}, seen from the second")
+        if counts_a:
+            await _count_becomes(ctx, a, topic, on_a, f"{situation}, seen from the first")
+
+    await expect(0, 0, "nobody subscribed")
+    async with a.subscribe(topic):
+        await expect(0, 1, "the first instance subscribed")
+        # Two subscriptions of one instance are one other process.
+        async with b.subscribe(topic), b.subscribe(topic):
+            await expect(1, 1, "both subscribed, the second instance twice")
+        # Only the first instance's own subscription is left: it must not count it.
+        await expect(0, 1, "the second instance left")
+    await expect(0, 0, "everyone left")
+
+
+def _stats_of(transport: Transport) -> tuple[str, Any] | None:
+    for name in ("stats", "statistics"):
+        method = getattr(transport, name, None)
+        if callable(method):
+            return name, method()
+    return None
+
+
+async def _check_stats(ctx: _Context) -> None:
+    prop = "stats() is a snapshot of counters"
+    found = _stats_of(ctx.a)
+    if found is None:
+        return
+    name, before = found
+    if not dataclasses.is_dataclass(before) or isinstance(before, type):
+        return  # not a podshare-style record: the transport's own business
+    if name != "stats":
+        raise _fail(prop, "the statistics method is named statistics(); name it stats()")
+    fields = {f.name for f in dataclasses.fields(before)}
+    if "gaps" in fields and "gaps_reported" not in fields:
+        raise _fail(prop, "the gap counter is named gaps; name it gaps_reported")
+    values = dataclasses.asdict(before)
+    for field, value in values.items():
+        if type(value) is int and value < 0:
+            raise _fail(prop, f"counter {field} is {value}, below zero")
+    topic = ctx.topic("stats")
+    async with ctx.b.subscribe(topic) as messages:
+        await ctx.a.publish(topic, b"counted")
+        await _receive(messages, prop, ctx.timeout)
+    if dataclasses.asdict(before) != values:
+        raise _fail(prop, "a stats() result changed later: return a snapshot, not the record")
+
+
 async def _check_close(ctx: _Context) -> None:
     prop = "aclose"
     await ctx.a.aclose()
@@ -295,6 +399,9 @@ _CHECKS: tuple[tuple[str, Callable[[_Context], Awaitable[None]]], ...] = (
     ("too_large", _check_too_large),
     ("order", _check_order),
     ("no_subscribers", _check_no_subscribers),
+    ("readiness", _check_readiness),
+    ("subscriber_counting", _check_subscriber_counting),
+    ("stats", _check_stats),
     ("close", _check_close),  # last: it closes the first instance
 )
 
@@ -343,7 +450,19 @@ async def check_transport(
        :class:`~podshare.exceptions.MessageTooLarge` (when declared, up to 4 MiB);
     9. 200 messages from one publisher on one topic arrive in order, on both instances;
     10. publishing to a topic without subscribers succeeds;
-    11. ``aclose`` is idempotent, and ``publish`` and entering ``subscribe`` afterwards
+    11. with :class:`~podshare.transport.ClusterReadiness`: ``wait_ready()`` returns on
+        both instances while they are open;
+    12. with :class:`~podshare.transport.SubscriberCounting`: ``remote_subscribers(topic)``
+        is ``None`` or an ``int >= 0`` that comes to agree with the subscriptions the
+        check makes: 0 for a new topic; 1 while the other instance subscribes (two
+        subscriptions of one instance are one process); an instance's own
+        subscriptions never count; 0 again once everyone left. Counts are re-read
+        until they agree, within ``receive_timeout``, since they may travel between
+        processes;
+    13. a ``stats()`` method returning a dataclass record (podshare's convention) gives a
+        snapshot that later traffic does not change, of non-negative counters, with the
+        shared names (``gaps_reported``, not ``gaps``; ``stats()``, not ``statistics()``);
+    14. ``aclose`` is idempotent, and ``publish`` and entering ``subscribe`` afterwards
         raise :class:`~podshare.exceptions.ClosedError`.
 
     Every wait for a message is bounded by ``receive_timeout`` seconds. Call it from an
@@ -429,6 +548,18 @@ class TransportConformance:
     async def test_conformance_no_subscribers(self) -> None:
         """Publishing to a topic without subscribers succeeds."""
         await self._conformance("no_subscribers")
+
+    async def test_conformance_readiness(self) -> None:
+        """wait_ready() returns while open (when the transport offers it)."""
+        await self._conformance("readiness")
+
+    async def test_conformance_subscriber_counting(self) -> None:
+        """remote_subscribers() agrees with the subscriptions (when offered)."""
+        await self._conformance("subscriber_counting")
+
+    async def test_conformance_stats(self) -> None:
+        """stats() returns a snapshot of non-negative counters (when offered)."""
+        await self._conformance("stats")
 
     async def test_conformance_close(self) -> None:
         """aclose is idempotent; publish and subscribe afterwards raise ClosedError."""

@@ -34,22 +34,23 @@ Two pods that lose each other and find each other again::
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import logging
 import math
 import random
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from podshare.exceptions import ClosedError, ConfigurationError, MessageTooLarge, TransportError
+from podshare._counters import StatsRecord
+from podshare._service import DEFAULT_CLOSE_TIMEOUT, Service
+from podshare.exceptions import ConfigurationError, MessageTooLarge, TransportError
 from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
 
 __all__ = [
@@ -68,6 +69,7 @@ DEFAULT_BUFFER_SIZE = 4096
 _HOLD_MAX_SECONDS = 0.05
 
 _names = itertools.count(1)
+_log = logging.getLogger("podshare.transport.memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +141,10 @@ class FaultPlan:
         return bool(self.drop or self.duplicate or self.reorder or self.delay[1])
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryTransportStats:
-    """Counters of one :class:`MemoryTransport` (see :meth:`MemoryTransport.stats`).
+@dataclass(slots=True)
+class MemoryTransportStats(StatsRecord):
+    """Counters of one :class:`MemoryTransport`; :meth:`MemoryTransport.stats` returns a
+    frozen snapshot.
 
     Attributes:
         published: messages accepted by ``publish``.
@@ -152,7 +155,11 @@ class MemoryTransportStats:
         delayed: deliveries postponed by the fault plan.
         overflowed: deliveries *to this transport's* subscriptions lost because the
             subscription's buffer was full.
-        gaps: times this transport notified its gap listeners.
+        gaps_reported: times this transport notified its gap listeners (``gaps`` in
+            0.1; the name the other transports use).
+        gap_listener_failures: gap listener calls that raised; each is logged on the
+            ``podshare.transport.memory`` logger and never reaches a subscriber or a
+            publisher.
     """
 
     published: int = 0
@@ -162,19 +169,18 @@ class MemoryTransportStats:
     reordered: int = 0
     delayed: int = 0
     overflowed: int = 0
-    gaps: int = 0
+    gaps_reported: int = 0
+    gap_listener_failures: int = 0
 
-
-@dataclass(slots=True)
-class _Counters:
-    published: int = 0
-    delivered: int = 0
-    dropped: int = 0
-    duplicated: int = 0
-    reordered: int = 0
-    delayed: int = 0
-    overflowed: int = 0
-    gaps: int = 0
+    @property
+    def gaps(self) -> int:
+        """Deprecated alias of :attr:`gaps_reported`."""
+        warnings.warn(
+            "MemoryTransportStats.gaps is deprecated: use gaps_reported",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.gaps_reported
 
 
 class MemoryNetwork:
@@ -269,14 +275,19 @@ class MemoryNetwork:
         self._restricted = self._groups is not None or bool(self._disconnected)
 
     def _notify_all(self) -> None:
-        errors: list[Exception] = []
+        # A listener that raises is logged and counted by its transport, never raised
+        # here: every transport is told.
         for transport in list(self._transports.values()):
-            try:
-                transport.simulate_gap()
-            except Exception as exc:  # every transport is told before errors surface
-                errors.append(exc)
-        if errors:
-            raise ExceptionGroup("gap listener failed", errors)
+            transport.simulate_gap()
+
+    def _remote_subscribers(self, transport: MemoryTransport, topic: str) -> int:
+        subs = self._subscriptions.get(topic)
+        if not subs:
+            return 0
+        others = {sub.transport for sub in subs.values() if sub.transport is not transport}
+        if not self._restricted:
+            return len(others)
+        return sum(1 for other in others if self.can_reach(transport.name, other.name))
 
     def _join(self, transport: MemoryTransport) -> None:
         if transport.name in self._transports:
@@ -319,7 +330,7 @@ class _Subscription:
             self.send.send_nowait(message)
         except anyio.WouldBlock:
             self.overflowed = True
-            self.transport._counters.overflowed += 1
+            self.transport._stats.overflowed += 1
             return False
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
@@ -346,12 +357,14 @@ class _Subscription:
         self.receive.close()
 
 
-class MemoryTransport:
+class MemoryTransport(Service):
     """An in-process :class:`~podshare.transport.Transport` with fault injection.
 
     Use it as an async context manager; it implements the transport contract exactly
-    (``podshare.testing.check_transport`` verifies it) and reports gaps
-    (:class:`~podshare.transport.GapReporting`).
+    (``podshare.testing.check_transport`` verifies it), reports gaps
+    (:class:`~podshare.transport.GapReporting`), is ready at once
+    (:class:`~podshare.transport.ClusterReadiness`) and counts the other transports
+    subscribed to a topic (:class:`~podshare.transport.SubscriberCounting`).
 
     - ``publish`` delivers to every subscription of the topic on every transport it
       reaches, including its own; it never blocks on a slow subscriber.
@@ -362,6 +375,9 @@ class MemoryTransport:
       itself stays open.
     - ``faults`` (a :class:`FaultPlan`, settable at any time) applies to every delivery
       of the messages this transport publishes.
+    - A gap listener that raises is logged and counted
+      (``stats().gap_listener_failures``); the error never reaches the subscriber whose
+      read noticed the gap, nor the code that healed or reconnected the network.
 
     Args:
         network: the :class:`MemoryNetwork` to join; ``None`` gives a private one.
@@ -370,6 +386,8 @@ class MemoryTransport:
         faults: the fault plan for messages this transport publishes.
         max_message_size: the largest message ``publish`` accepts, in bytes.
         buffer_size: messages each subscription buffers.
+        close_timeout: the most seconds closing may take (closing is immediate here;
+            the option exists for every service alike).
 
     Raises:
         ConfigurationError: naming the option, for a bad option.
@@ -387,9 +405,9 @@ class MemoryTransport:
         ...         await a.publish("t", b"lost")
         ...         net.heal()
         ...         await a.publish("t", b"arrives")
-        ...         print(await anext(aiter(inbox)))
+        ...         print(await anext(aiter(inbox)), await a.remote_subscribers("t"))
         >>> anyio.run(main)
-        b'arrives'
+        b'arrives' 1
     """
 
     def __init__(
@@ -400,7 +418,9 @@ class MemoryTransport:
         faults: FaultPlan | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
+        super().__init__(close_timeout=close_timeout)
         if network is not None and not isinstance(network, MemoryNetwork):
             raise ConfigurationError(f"network must be a MemoryNetwork, not {network!r}")
         if name is not None and (not isinstance(name, str) or not name):
@@ -419,13 +439,10 @@ class MemoryTransport:
         self._active_faults: FaultPlan | None = None  # None when the plan changes nothing
         self._random = random.Random()
         self.faults = faults
-        self._gaps = GapListeners()
-        self._counters = _Counters()
+        self._gaps = GapListeners(_log)
+        self._stats = MemoryTransportStats()
         self._subscriptions: dict[int, _Subscription] = {}
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._exit_stack: AsyncExitStack | None = None
-        self._closing: anyio.Event | None = None  # made on entering: needs an event loop
-        self._state = "new"  # new -> open -> closed
+        self._joined = False
 
     # --- fault plan ------------------------------------------------------------------
 
@@ -442,71 +459,35 @@ class MemoryTransport:
         self._active_faults = plan if plan is not None and plan.active else None
         self._random = random.Random(plan.seed if plan is not None else None)
 
-    # --- lifecycle -------------------------------------------------------------------
+    # --- lifecycle (podshare._service.Service) -----------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._state != "new":
-            raise ClosedError(f"MemoryTransport {self.name!r} cannot be entered twice")
+    def _describe(self) -> str:
+        return f"MemoryTransport {self.name!r}"
+
+    async def _open(self) -> None:
         self.network._join(self)
-        stack = AsyncExitStack()
-        try:
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
-        except BaseException:
-            self.network._leave(self)
-            raise
-        self._exit_stack = stack
-        self._closing = anyio.Event()
-        self._state = "open"
-        return self
+        self._joined = True
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Take the stack first and exit it whatever aclose() raises: in a cancelled scope
-        # aclose()'s checkpoint raises, and skipping the task group's exit would corrupt
-        # the cancel-scope stack.
-        stack, self._exit_stack = self._exit_stack, None
-        try:
-            await self.aclose()
-        finally:
-            if stack is not None:
-                await stack.aclose()
+    def _closed(self) -> None:
+        # Leave the network first: nothing published from now on reaches a closed
+        # subscription. Pending delayed deliveries are background tasks: the service
+        # cancels them.
+        if self._joined:
+            self._joined = False
+            self.network._leave(self)
+        for sub in list(self._subscriptions.values()):
+            self._unregister(sub)
 
     async def aclose(self) -> None:
         """Close every subscription (their iterators end), cancel pending delayed
         deliveries and leave the network. Idempotent; ``publish`` afterwards raises
         :class:`~podshare.exceptions.ClosedError`."""
-        if self._state == "closed":
-            await anyio.lowlevel.checkpoint()
-            return
-        was_open = self._state == "open"
-        self._state = "closed"
-        if was_open:
-            self.network._leave(self)
-        for sub in list(self._subscriptions.values()):
-            self._unregister(sub)
-        # Pending delayed deliveries wait on this event rather than being cancelled
-        # through the task group's scope: the caller's own code runs inside that scope.
-        if self._closing is not None:
-            self._closing.set()
-        await anyio.lowlevel.checkpoint()
+        await super().aclose()
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._state == "closed"
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state == "new":
-                raise ClosedError(
-                    f"MemoryTransport {self.name!r} is not open: "
-                    "use `async with MemoryTransport() as transport`"
-                )
-            raise ClosedError(f"MemoryTransport {self.name!r} is closed")
+        """Whether closing has begun (:meth:`aclose`, or the end of ``async with``)."""
+        return self.state in ("closing", "closed")
 
     # --- the transport protocol --------------------------------------------------------
 
@@ -535,18 +516,18 @@ class MemoryTransport:
         network = self.network
         if network._restricted and not network.is_connected(self.name):
             raise TransportError(f"MemoryTransport {self.name!r} is disconnected")
-        self._counters.published += 1
+        stats = self._stats
+        stats.published += 1
         subs = network._subscriptions.get(topic)
         if subs:
-            counters = self._counters
             faults = self._active_faults
             restricted = network._restricted
             for sub in list(subs.values()):
                 if restricted and not network.can_reach(self.name, sub.transport.name):
-                    counters.dropped += 1
+                    stats.dropped += 1
                 elif faults is None:
                     if sub.put(message):
-                        counters.delivered += 1
+                        stats.delivered += 1
                 else:
                     self._deliver_with_faults(sub, message, faults)
 
@@ -557,8 +538,7 @@ class MemoryTransport:
         Raises:
             ClosedError: on entering, when the transport is not open.
         """
-        if not isinstance(topic, str) or not topic:
-            raise TypeError(f"topic must be a non-empty str, not {topic!r}")
+        _check_topic(topic)
         return self._subscribe(topic)
 
     @asynccontextmanager
@@ -575,22 +555,76 @@ class MemoryTransport:
     def add_gap_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Register ``listener``, called when messages to this transport may have been
         lost (heal, reconnect, buffer overflow, :meth:`simulate_gap`); returns its
-        remover."""
+        remover. A listener that raises is logged and counted, never re-raised."""
         return self._gaps.add(listener)
+
+    # --- optional capabilities ---------------------------------------------------------
+
+    async def wait_ready(self) -> None:
+        """Return at once: an open memory transport is always connected to its network.
+
+        Raises:
+            ClosedError: the transport is not open.
+        """
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+
+    async def remote_subscribers(self, topic: str) -> int | None:
+        """How many *other* transports on this network subscribe to ``topic`` now and can
+        be reached from this one.
+
+        Each transport counts once, however many subscriptions it holds; this
+        transport's own subscriptions never count, nor do transports that are
+        disconnected or on the other side of a partition. ``None`` while this transport
+        is itself disconnected (it cannot tell, as a client that lost its broker).
+
+        Raises:
+            ClosedError: the transport is not open.
+
+        Example:
+            >>> import anyio
+            >>> async def main() -> None:
+            ...     net = MemoryNetwork()
+            ...     async with (
+            ...         MemoryTransport(network=net, name="a") as a,
+            ...         MemoryTransport(network=net, name="b") as b,
+            ...         a.subscribe("t"),
+            ...         b.subscribe("t"),
+            ...         b.subscribe("t"),
+            ...     ):
+            ...         print(await a.remote_subscribers("t"), end=" ")
+            ...         net.partition(["a"], ["b"])
+            ...         print(await a.remote_subscribers("t"), end=" ")
+            ...         net.disconnect("a")
+            ...         print(await a.remote_subscribers("t"))
+            >>> anyio.run(main)
+            1 0 None
+        """
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        _check_topic(topic)
+        if not self.network.is_connected(self.name):
+            return None
+        return self.network._remote_subscribers(self, topic)
 
     # --- test helpers ------------------------------------------------------------------
 
     def simulate_gap(self) -> None:
-        """Notify this transport's gap listeners now, as after a reconnect."""
-        self._counters.gaps += 1
+        """Notify this transport's gap listeners now, as after a reconnect.
+
+        A listener that raises is logged and counted in
+        ``stats().gap_listener_failures``; this method does not raise it.
+        """
+        self._stats.gaps_reported += 1
         self._gaps.notify()
 
     def stats(self) -> MemoryTransportStats:
-        """A snapshot of this transport's counters."""
-        return MemoryTransportStats(**dataclasses.asdict(self._counters))
+        """A frozen snapshot of this transport's counters."""
+        self._stats.gap_listener_failures = self._gaps.failures
+        return self._stats.snapshot()
 
     def __repr__(self) -> str:
-        return f"MemoryTransport(name={self.name!r}, state={self._state!r})"
+        return f"MemoryTransport(name={self.name!r}, state={self.state!r})"
 
     # --- internals -------------------------------------------------------------------
 
@@ -606,56 +640,51 @@ class MemoryTransport:
 
     def _deliver_with_faults(self, sub: _Subscription, message: bytes, faults: FaultPlan) -> None:
         rng = self._random
-        counters = self._counters
+        stats = self._stats
         if faults.drop and rng.random() < faults.drop:
-            counters.dropped += 1
+            stats.dropped += 1
             return
         copies = 1
         if faults.duplicate and rng.random() < faults.duplicate:
             copies = 2
-            counters.duplicated += 1
-        task_group = self._task_group
-        assert task_group is not None  # publish checked that the transport is open
+            stats.duplicated += 1
         low, high = faults.delay
         for _ in range(copies):
             if faults.reorder and rng.random() < faults.reorder:
-                counters.reordered += 1
+                stats.reordered += 1
                 sub.held.append(message)
                 if not sub.flush_pending:
                     sub.flush_pending = True
-                    task_group.start_soon(self._flush_later, sub)
+                    self.start_soon(self._flush_later, sub)
             elif high:
-                counters.delayed += 1
-                task_group.start_soon(self._deliver_later, sub, message, rng.uniform(low, high))
+                stats.delayed += 1
+                self.start_soon(self._deliver_later, sub, message, rng.uniform(low, high))
             else:
                 self._put(sub, message)
 
     def _put(self, sub: _Subscription, message: bytes) -> None:
         if sub.put(message):
-            self._counters.delivered += 1
+            self._stats.delivered += 1
         if sub.held:
-            held, sub.held = sub.held, []
-            for late in held:
-                if sub.put(late):
-                    self._counters.delivered += 1
+            self._release_held(sub)
 
-    async def _wait_unless_closed(self, seconds: float) -> bool:
-        """Sleep ``seconds``; False when the transport closed meanwhile."""
-        closing = self._closing
-        assert closing is not None  # only called from tasks started while open
-        with anyio.move_on_after(seconds):
-            await closing.wait()
-        return not closing.is_set()
-
-    async def _deliver_later(self, sub: _Subscription, message: bytes, delay: float) -> None:
-        if await self._wait_unless_closed(delay):
-            self._put(sub, message)
-
-    async def _flush_later(self, sub: _Subscription) -> None:
-        if not await self._wait_unless_closed(_HOLD_MAX_SECONDS):
-            return
-        sub.flush_pending = False
+    def _release_held(self, sub: _Subscription) -> None:
         held, sub.held = sub.held, []
         for late in held:
             if sub.put(late):
-                self._counters.delivered += 1
+                self._stats.delivered += 1
+
+    async def _deliver_later(self, sub: _Subscription, message: bytes, delay: float) -> None:
+        # A background task of this transport: closing cancels it.
+        await anyio.sleep(delay)
+        self._put(sub, message)
+
+    async def _flush_later(self, sub: _Subscription) -> None:
+        await anyio.sleep(_HOLD_MAX_SECONDS)
+        sub.flush_pending = False
+        self._release_held(sub)
+
+
+def _check_topic(topic: object) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise TypeError(f"topic must be a non-empty str, not {topic!r}")

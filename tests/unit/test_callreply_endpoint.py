@@ -7,6 +7,9 @@ the replicated store; tests/unit/test_callreply_memory.py covers the real thing.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
@@ -14,18 +17,24 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from podshare.callreply import Endpoint
+from podshare.callreply import Endpoint, EndpointStats, Handler
+from podshare.callreply._envelope import Cancel, Request, decode, encode_cancel
 from podshare.callreply._routes import RouteTable
 from podshare.exceptions import (
     CallTimeout,
     ClosedError,
     ConfigurationError,
+    DecodeError,
     EndpointBusy,
+    InvalidValue,
     NoRoute,
     OwnerUnavailable,
+    PodshareError,
+    ProtocolError,
     RemoteError,
+    TransportError,
 )
-from podshare.transport.memory import MemoryNetwork, MemoryTransport
+from podshare.transport.memory import FaultPlan, MemoryNetwork, MemoryTransport
 from tests._support import Held, answering, echo, eventually, raising
 
 pytestmark = pytest.mark.anyio
@@ -79,6 +88,7 @@ class FakeRoutes:
     async def run(
         self,
         on_down: Callable[[str], None],
+        _on_reclaim_failed: Callable[[str, PodshareError], None],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -319,22 +329,56 @@ async def test_concurrency_limit_answers_busy(cluster: Cluster) -> None:
     assert a.stats().handlers_active == 0
 
 
-async def test_cancelled_caller_leaves_nothing_and_late_reply_is_counted(
+async def test_cancelled_caller_leaves_nothing_and_the_owner_cancels_the_handler(
     cluster: Cluster,
 ) -> None:
     a = await cluster.endpoint("a")
     b = await cluster.endpoint("b")
-    slow = Held(b"late")
+    started, cancelled = anyio.Event(), anyio.Event()
+
+    async def slow(_payload: bytes) -> bytes:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        raise AssertionError
+
     await a.register("t", "m", slow)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.call, "t", "m", b"")
             await slow.started.wait()
             assert b.stats().calls_pending == 1
+            assert a.stats().handlers_active == 1
             tg.cancel_scope.cancel()
+        await cancelled.wait()  # the cancel envelope reached the owner
     assert b.stats().calls_pending == 0
-    slow.release()
-    await eventually(lambda: b.stats().replies_late == 1, timeout=5)
+    assert b.stats().cancels_sent == 1
+    await eventually(lambda: a.stats().calls_abandoned == 1)
+    stats = a.stats()
+    assert (stats.cancels_applied, stats.handlers_active, stats.cancels_unmatched) == (1, 0, 0)
+    assert stats.handler_errors == 0
+
+
+async def test_a_reply_crossing_the_cancel_is_dropped_and_counted_late(cluster: Cluster) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b")
+    await a.register("t", "m", echo)
+    owner_transport = a._transport
+    assert isinstance(owner_transport, MemoryTransport)
+    # The owner answers at once, but its reply is slow on the wire: the caller gives up
+    # while the reply is on its way, and the cancel finds nothing left to cancel.
+    owner_transport.faults = FaultPlan(delay=(0.5, 0.5))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.call, "t", "m", b"")
+            await eventually(lambda: owner_transport.stats().delayed == 1)
+            tg.cancel_scope.cancel()
+        await eventually(lambda: a.stats().cancels_unmatched == 1)
+        await eventually(lambda: b.stats().replies_late == 1)
+    assert a.stats().calls_abandoned == 0
+    assert b.stats().calls_pending == 0
 
 
 async def test_timeout_raises_call_timeout_and_stops_the_handler(cluster: Cluster) -> None:
@@ -430,6 +474,9 @@ async def test_closing_fails_local_waiting_calls(cluster: Cluster) -> None:
         {"max_concurrency": 0},
         {"max_concurrency": True},
         {"transport": object()},
+        {"on_error": 42},
+        {"close_timeout": -1},
+        {"namespace": "x" * 191},
     ],
 )
 def test_bad_options_are_refused(options: dict[str, object]) -> None:
@@ -439,11 +486,21 @@ def test_bad_options_are_refused(options: dict[str, object]) -> None:
 
 async def test_register_validates_names(cluster: Cluster) -> None:
     a = await cluster.endpoint("a")
-    with pytest.raises(ConfigurationError):
-        await a.register("", "m", echo)
+    with pytest.raises(InvalidValue):
+        await a.register("", "m", echo)  # a target is a route key
+    with pytest.raises(InvalidValue):
+        await a.register("t" * 1025, "m", echo)
     with pytest.raises(ConfigurationError):
         await a.register("t", "", echo)
+    with pytest.raises(ConfigurationError):
+        await a.register("t", "a#b", echo)
     assert a.targets() == frozenset()
+    # call() checks the same, before anything goes out (an owner would refuse the
+    # envelope and the caller would wait for its whole timeout).
+    with pytest.raises(InvalidValue):
+        await a.call("t" * 1025, "m", b"")
+    with pytest.raises(ConfigurationError):
+        await a.call("t", "m" * 1025, b"")
 
 
 async def test_unopened_endpoint_is_closed() -> None:
@@ -504,3 +561,376 @@ async def test_many_concurrent_calls_are_all_served(cluster: Cluster) -> None:
     assert sorted(results) == sorted(str(i).encode() for i in range(50))
     assert 1 < peak <= 64
     assert a.stats().handlers_active == 0
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster, how: str) -> None:
+    # Issue 13: 200 callers cancelled after 50 ms kept the owner's slots until their
+    # budget (here 30 s) ran out, and every new caller got EndpointBusy meanwhile.
+    # "deadline": each caller runs under move_on_after(0.05), as in the issue (the budget
+    # that travels with the call and the cancel envelope both stop the handler).
+    # "cancel": the callers are cancelled from outside, with no deadline, so only the
+    # cancel envelopes can tell the owner.
+    a = await cluster.endpoint("a", max_concurrency=4)
+    b = await cluster.endpoint("b", call_timeout=30)
+    started = 0
+
+    async def stuck(_payload: bytes) -> bytes:
+        nonlocal started
+        started += 1
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    await a.register("t", "stuck", stuck)
+    await a.register("t", "echo", echo)
+    busy = 0
+
+    async def caller() -> None:
+        nonlocal busy
+        with anyio.move_on_after(0.05 if how == "deadline" else math.inf):
+            try:
+                await b.call("t", "stuck", b"")
+            except EndpointBusy:
+                busy += 1
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(caller)
+            if how == "cancel":
+                await eventually(lambda: started + busy == 200)
+                tg.cancel_scope.cancel()
+    assert (started, busy) == (4, 196)
+    if how == "cancel":
+        assert b.stats().cancels_sent == 4
+        # The cancels are in a's inbox before the next request: nothing to wait for.
+        assert await b.call("t", "echo", b"next", timeout=5) == b"echo:next"
+        assert a.stats().cancels_applied == 4
+    else:
+        # Right after the cancellations, long before the 30 s budget: served, not busy.
+        assert await b.call("t", "echo", b"next", timeout=5) == b"echo:next"
+    assert a.stats().requests_busy == 196
+
+
+# --- deadlines travel with the call (issue 17) --------------------------------------
+
+
+def budget_recorder() -> tuple[list[float], anyio.Event, Handler]:
+    """A handler that records its budget, then waits until it is cancelled."""
+    budgets: list[float] = []
+    cancelled = anyio.Event()
+
+    async def stuck(_payload: bytes) -> bytes:
+        budgets.append(anyio.current_effective_deadline() - anyio.current_time())
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        raise AssertionError
+
+    return budgets, cancelled, stuck
+
+
+async def test_an_enclosing_deadline_is_the_remote_handlers_budget(cluster: Cluster) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b")  # call_timeout: the default 5 s
+    budgets, cancelled, stuck = budget_recorder()
+    await a.register("t", "m", stuck)
+    with pytest.raises(TimeoutError) as info, anyio.fail_after(0.3):
+        await b.call("t", "m", b"")
+    assert not isinstance(info.value, CallTimeout)  # the enclosing scope's own timeout
+    with anyio.fail_after(5):
+        await cancelled.wait()
+    assert len(budgets) == 1
+    assert 0 < budgets[0] <= 0.3
+
+
+async def test_the_owner_stops_the_handler_at_the_budget_when_the_cancel_is_lost(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b")  # call_timeout: the default 5 s
+    budgets, cancelled, stuck = budget_recorder()
+    caller_transport = b._transport
+    assert isinstance(caller_transport, MemoryTransport)
+
+    async def stuck_and_deaf(payload: bytes) -> bytes:
+        caller_transport.faults = FaultPlan(drop=1.0)  # the caller's cancel will be lost
+        return await stuck(payload)
+
+    await a.register("t", "m", stuck_and_deaf)
+    with pytest.raises(TimeoutError), anyio.fail_after(0.3):
+        await b.call("t", "m", b"")
+    with anyio.fail_after(3):  # well before the 5 s default: the budget did it
+        await cancelled.wait()
+    assert 0 < budgets[0] <= 0.3
+    assert b.stats().cancels_sent == 1
+    assert caller_transport.stats().dropped >= 1
+    await eventually(lambda: a.stats().calls_abandoned == 1)
+    assert a.stats().cancels_applied == 0
+    assert a.stats().handlers_active == 0
+
+
+async def test_an_explicit_timeout_still_works_and_the_nearer_deadline_wins(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b", call_timeout=30)
+    budgets, _, stuck = budget_recorder()
+    await a.register("t", "m", stuck)
+    with anyio.fail_after(10), pytest.raises(CallTimeout):
+        await b.call("t", "m", b"", timeout=0.2)  # the timeout is nearer
+    with pytest.raises(TimeoutError) as info, anyio.fail_after(0.2):
+        await b.call("t", "m", b"", timeout=10)  # the enclosing deadline is nearer
+    assert not isinstance(info.value, CallTimeout)
+    assert len(budgets) == 2
+    assert all(0 < budget <= 0.2 for budget in budgets)
+
+
+async def test_without_a_deadline_the_budget_is_call_timeout(cluster: Cluster) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b", call_timeout=7)
+    budgets: list[float] = []
+
+    async def record(_payload: bytes) -> bytes:
+        budgets.append(anyio.current_effective_deadline() - anyio.current_time())
+        return b"ok"
+
+    await a.register("t", "m", record)
+    assert await b.call("t", "m", b"") == b"ok"
+    assert 6 < budgets[0] <= 7
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), True, "1"])
+async def test_bad_timeouts_are_refused(cluster: Cluster, bad: object) -> None:
+    a = await cluster.endpoint("a")
+    with pytest.raises(ConfigurationError, match="timeout"):
+        await a.call("t", "m", b"", timeout=bad)  # type: ignore[arg-type]
+
+
+# --- cancellation (issue 13) ---------------------------------------------------------
+
+
+async def test_only_the_callers_own_cancel_stops_its_call(cluster: Cluster) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b", call_timeout=30)
+    _, cancelled, stuck = budget_recorder()
+    await a.register("t", "m", stuck)
+    # Mallory reads a's inbox (as anyone can on a shared broker) and learns the call id.
+    mallory = await cluster.stack.enter_async_context(
+        MemoryTransport(network=cluster.net, name="mallory")
+    )
+    async with mallory.subscribe("cr/default#a") as spied, anyio.create_task_group() as tg:
+        tg.start_soon(b.call, "t", "m", b"")
+        with anyio.fail_after(5):
+            request = decode(await anext(spied), max_size=1 << 20)
+        assert isinstance(request, Request)
+        await eventually(lambda: a.stats().handlers_active == 1)
+        forged = [
+            Cancel(request.call_id, "mallory"),  # the right call, the wrong caller
+            Cancel(request.call_id + 1, "b"),  # the right caller, another call
+        ]
+        for cancel in forged:
+            await mallory.publish("cr/default#a", encode_cancel(cancel))
+        await eventually(lambda: a.stats().cancels_unmatched == 2)
+        assert not cancelled.is_set()  # the handler still runs
+        assert a.stats().cancels_applied == 0
+        # The pair is what the owner checks; that anyone who knows it can send it is
+        # what an authenticated transport is for.
+        await mallory.publish("cr/default#a", encode_cancel(Cancel(request.call_id, "b")))
+        with anyio.fail_after(5):
+            await cancelled.wait()
+        tg.cancel_scope.cancel()
+    assert a.stats().cancels_applied == 1
+
+
+async def test_a_duplicated_request_runs_its_handler_once(cluster: Cluster) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b")
+    release = anyio.Event()
+    runs = 0
+
+    async def once(_payload: bytes) -> bytes:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+        return b"done"
+
+    await a.register("t", "m", once)
+    caller_transport = b._transport
+    assert isinstance(caller_transport, MemoryTransport)
+    caller_transport.faults = FaultPlan(duplicate=1.0)
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            assert await b.call("t", "m", b"") == b"done"
+
+        tg.start_soon(call)
+        await eventually(lambda: a.stats().requests_duplicate == 1)
+        release.set()
+    assert runs == 1
+
+
+# --- on_error: errors no call receives (issue 17) -----------------------------------
+
+
+async def test_undecodable_envelopes_reach_on_error(cluster: Cluster) -> None:
+    errors: list[Exception] = []
+    a = await cluster.endpoint("a", on_error=errors.append)
+    intruder = await cluster.stack.enter_async_context(
+        MemoryTransport(network=cluster.net, name="intruder")
+    )
+    await intruder.publish("cr/default#a", b"\xc1")
+    await eventually(lambda: len(errors) == 1)
+    assert isinstance(errors[0], DecodeError)
+    assert a.stats().decode_errors == 1
+
+
+async def test_an_async_on_error_is_awaited(cluster: Cluster) -> None:
+    seen: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(exc)
+
+    await cluster.endpoint("a", on_error=on_error)
+    intruder = await cluster.stack.enter_async_context(
+        MemoryTransport(network=cluster.net, name="intruder")
+    )
+    await intruder.publish("cr/default#a", b"\x93\x01\x00\x05")
+    await eventually(lambda: len(seen) == 1)
+    assert isinstance(seen[0], ProtocolError)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_on_error_that_raises_is_logged_and_the_endpoint_carries_on(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    def broken_sync(_exc: Exception) -> None:
+        raise RuntimeError("on_error bug")
+
+    async def broken_async(_exc: Exception) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise RuntimeError("on_error bug")
+
+    a = await cluster.endpoint("a", on_error=broken_sync if kind == "sync" else broken_async)
+    b = await cluster.endpoint("b")
+    await a.register("t", "m", echo)
+    intruder = await cluster.stack.enter_async_context(
+        MemoryTransport(network=cluster.net, name="intruder")
+    )
+    with caplog.at_level(logging.ERROR, logger="podshare.callreply"):
+        await intruder.publish("cr/default#a", b"junk")
+        await eventually(lambda: any("on_error raised" in r.message for r in caplog.records))
+    assert await b.call("t", "m", b"still here") == b"echo:still here"
+
+
+async def test_a_reply_that_cannot_be_sent_is_counted_and_reported(cluster: Cluster) -> None:
+    errors: list[Exception] = []
+    a = await cluster.endpoint("a", on_error=errors.append)
+    b = await cluster.endpoint("b")
+    started, go = anyio.Event(), anyio.Event()
+
+    async def slow(_payload: bytes) -> bytes:
+        started.set()
+        await go.wait()
+        return b"never arrives"
+
+    await a.register("t", "m", slow)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.call, "t", "m", b"")
+        await started.wait()
+        cluster.net.disconnect("a")  # the reply's publish raises TransportError
+        go.set()
+        await eventually(lambda: a.stats().replies_failed == 1)
+        tg.cancel_scope.cancel()
+    assert [type(e) for e in errors] == [TransportError]
+
+
+async def test_without_on_error_a_failed_reply_is_logged_as_a_warning(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b")
+    started, go = anyio.Event(), anyio.Event()
+
+    async def slow(_payload: bytes) -> bytes:
+        started.set()
+        await go.wait()
+        return b""
+
+    await a.register("t", "m", slow)
+    with caplog.at_level(logging.WARNING, logger="podshare.callreply"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.call, "t", "m", b"")
+            await started.wait()
+            cluster.net.disconnect("a")
+            go.set()
+            await eventually(lambda: a.stats().replies_failed == 1)
+            tg.cancel_scope.cancel()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("could not send a reply to 'b'" in r.getMessage() for r in warnings)
+
+
+async def test_a_handler_failing_after_its_caller_left_reaches_on_error(
+    cluster: Cluster,
+) -> None:
+    errors: list[Exception] = []
+    a = await cluster.endpoint("a", on_error=errors.append)
+    b = await cluster.endpoint("b")
+    started = anyio.Event()
+
+    class CleanupFailed(Exception):
+        pass
+
+    async def fails_on_the_way_out(_payload: bytes) -> bytes:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise CleanupFailed("while cancelled")
+        raise AssertionError
+
+    await a.register("t", "m", fails_on_the_way_out)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.call, "t", "m", b"")
+        await started.wait()
+        tg.cancel_scope.cancel()
+    await eventually(lambda: len(errors) == 1)
+    assert isinstance(errors[0], CleanupFailed)
+    stats = a.stats()
+    assert (stats.handler_errors, stats.calls_abandoned, stats.handlers_active) == (1, 1, 0)
+    assert b.stats().replies_late == 0  # nothing was sent back
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+
+async def test_a_handler_can_close_its_own_endpoint(cluster: Cluster) -> None:
+    b = await cluster.endpoint("b", call_timeout=30)
+    tr = await cluster.stack.enter_async_context(MemoryTransport(network=cluster.net, name="a"))
+    a = FakeEndpoint(tr, node_id="a", close_timeout=30)
+    a.world = cluster.world
+
+    async def shutdown(_payload: bytes) -> bytes:
+        await a.aclose()
+        return b"closed"  # pragma: no cover - cancelled by the close it asked for
+
+    with anyio.fail_after(5):  # far below close_timeout: the close does not wait on itself
+        async with a:
+            await a.register("t", "m", shutdown)
+            with pytest.raises(OwnerUnavailable):
+                await b.call("t", "m", b"")
+    assert a.state == "closed"
+
+
+async def test_stats_is_a_frozen_snapshot(cluster: Cluster) -> None:
+    a = await cluster.endpoint("a")
+    b = await cluster.endpoint("b")
+    await a.register("t", "m", echo)
+    before = b.stats()
+    await b.call("t", "m", b"")
+    assert isinstance(before, EndpointStats)
+    assert (before.calls_remote, b.stats().calls_remote) == (0, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        before.calls_remote = 3

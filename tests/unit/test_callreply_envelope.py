@@ -1,19 +1,29 @@
-"""The callreply envelope: exact round trips and strict, bounded decoding of garbage."""
+"""The callreply envelope: exact round trips and strict, bounded decoding of garbage.
+
+The fuzz tests check both outcomes: input that does not decode raises a ProtocolError and
+nothing else; input that decodes is exactly what msgpack holds (same items, same types),
+and encoding the result gives it back.
+"""
 
 from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
+from podshare._limits import MAX_NODE_ID_LENGTH
 from podshare.callreply._envelope import (
     MAX_ERROR_MESSAGE,
     MAX_NAME,
+    Cancel,
+    Envelope,
     Reply,
     Request,
     Status,
     decode,
+    encode,
+    encode_cancel,
     encode_reply,
     encode_request,
 )
@@ -41,6 +51,8 @@ replies = st.builds(
     error_type=st.text(max_size=40),
     error_message=st.text(max_size=200),
 )
+cancels = st.builds(Cancel, call_id=call_ids, reply_to=node_ids)
+envelopes = st.one_of(requests, replies, cancels)
 
 
 @given(requests)
@@ -51,6 +63,20 @@ def test_request_round_trips(request_: Request) -> None:
 @given(replies)
 def test_reply_round_trips(reply: Reply) -> None:
     assert decode(encode_reply(reply), max_size=LIMIT) == reply
+
+
+@given(cancels)
+def test_cancel_round_trips(cancel: Cancel) -> None:
+    decoded = decode(encode_cancel(cancel), max_size=LIMIT)
+    assert type(decoded) is Cancel
+    assert decoded == cancel
+
+
+@given(envelopes)
+def test_encode_picks_the_kind(envelope: Envelope) -> None:
+    decoded = decode(encode(envelope), max_size=LIMIT)
+    assert type(decoded) is type(envelope)
+    assert decoded == envelope
 
 
 def test_error_text_is_truncated_on_encode() -> None:
@@ -75,6 +101,7 @@ def _pack(obj: object) -> bytes:
 
 GOOD_REQUEST = [1, 0, 5, "caller", "target", "method", b"payload", 1000]
 GOOD_REPLY = [1, 1, 5, 0, b"payload", "", ""]
+GOOD_CANCEL = [1, 2, 5, "caller"]
 
 
 def _with(base: list[object], index: int, value: object) -> bytes:
@@ -115,6 +142,16 @@ BAD = {
     "nested deep array": _pack([[[[[[[[[[1]]]]]]]]]]),
     "huge declared str": b"\x91\xdb\xff\xff\xff\xff",
     "huge declared array": b"\xdd\xff\xff\xff\xff",
+    "cancel too short": _pack(GOOD_CANCEL[:-1]),
+    "cancel too long": _pack([*GOOD_CANCEL, "x"]),
+    "cancel negative call id": _with(GOOD_CANCEL, 2, -1),
+    "cancel float call id": _with(GOOD_CANCEL, 2, 5.0),
+    "cancel bool call id": _with(GOOD_CANCEL, 2, True),
+    "cancel empty reply_to": _with(GOOD_CANCEL, 3, ""),
+    "cancel reply_to with #": _with(GOOD_CANCEL, 3, "a#b"),
+    "cancel reply_to as bytes": _with(GOOD_CANCEL, 3, b"caller"),
+    "cancel long reply_to": _with(GOOD_CANCEL, 3, "n" * (MAX_NODE_ID_LENGTH + 1)),
+    "request long reply_to": _with(GOOD_REQUEST, 3, "n" * (MAX_NODE_ID_LENGTH + 1)),
 }
 
 
@@ -124,45 +161,80 @@ def test_garbage_raises_decode_error(data: bytes) -> None:
         decode(data, max_size=LIMIT)
 
 
-def _assert_says_what_its_msgpack_says(data: bytes, decoded: Request | Reply) -> None:
-    """``decoded`` is the envelope ``data`` holds, read independently by msgpack itself,
-    and it re-encodes to the same msgpack value (not always the same bytes: msgpack has
-    several encodings of one integer)."""
-    items = msgpack.unpackb(data, raw=False)
-    if isinstance(decoded, Request):
-        assert items[:2] == [1, 0]
-        assert tuple(decoded) == tuple(items[2:])
-        again = encode_request(decoded)
+def _items(envelope: Envelope) -> list[tuple[type, object]]:
+    """What msgpack must hold for ``decode`` to have returned ``envelope``: each item's
+    type and value (bools are not ints here)."""
+    if isinstance(envelope, Request):
+        items: list[object] = [1, 0, *envelope]
+    elif isinstance(envelope, Reply):
+        items = [1, 1, envelope.call_id, int(envelope.status), *envelope[2:]]
     else:
-        assert items[:2] == [1, 1]
-        assert tuple(decoded) == (items[2], Status(items[3]), *items[4:])
-        again = encode_reply(decoded)
-    assert msgpack.unpackb(again, raw=False) == items
-    assert decode(again, max_size=LIMIT) == decoded
+        items = [1, 2, *envelope]
+    return [(type(item), item) for item in items]
+
+
+def _assert_decodes_exactly(data: bytes, max_size: int) -> Envelope | None:
+    """Decode ``data``; if that succeeds, check the result against msgpack and the
+    round trip. Returns the envelope, or None when decoding refused the input."""
+    try:
+        decoded = decode(data, max_size=max_size)
+    except ProtocolError:
+        return None
+    raw = msgpack.unpackb(data, raw=False)
+    assert [(type(item), item) for item in raw] == _items(decoded)
+    assert decode(encode(decoded), max_size=LIMIT) == decoded
+    return decoded
 
 
 @given(st.binary(max_size=300))
-@example(encode_request(Request(7, "pod-1", "user:42", "push", b"hi", 5000)))
-@example(encode_reply(Reply(7, Status.ERROR, b"", "ValueError", "bad")))
-# The call id as a uint64 and the status as a uint8: other bytes, the same envelope.
-@example(b"\x97\x01\x01\xcf" + (7).to_bytes(8, "big") + b"\xcc\x00\xc4\x01x\xa0\xa0")
-def test_random_bytes_decode_to_what_they_say_or_raise_protocol_errors(data: bytes) -> None:
-    try:
-        decoded = decode(data, max_size=256)
-    except ProtocolError:
-        return
-    _assert_says_what_its_msgpack_says(data, decoded)
+def test_random_bytes_raise_protocol_errors_or_decode_exactly(data: bytes) -> None:
+    _assert_decodes_exactly(data, 256)
 
 
-@given(requests, st.data())
-def test_corrupted_requests_decode_to_what_they_say_or_raise_protocol_errors(
-    request_: Request, data: st.DataObject
+# Items of every msgpack type, to put into valid envelopes: most mutations are refused,
+# some still decode (a payload replaced by other bytes), and both outcomes are checked.
+_items_strategy = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.text(alphabet="ab#", min_size=1, max_size=4),
+    st.binary(max_size=8),
+    st.sampled_from([0, 1, 2, 5, "caller", "m", ""]),
+)
+
+
+@given(envelopes, st.data())
+def test_mutated_envelopes_raise_protocol_errors_or_decode_exactly(
+    envelope: Envelope, data: st.DataObject
 ) -> None:
-    raw = bytearray(encode_request(request_))
+    items: list[object] = msgpack.unpackb(encode(envelope), raw=False)
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3), label="mutations")):
+        operation = data.draw(st.sampled_from(["replace", "drop", "append"]))
+        if operation == "append" or not items:
+            items.append(data.draw(_items_strategy))
+        else:
+            index = data.draw(st.integers(min_value=0, max_value=len(items) - 1))
+            if operation == "drop":
+                del items[index]
+            else:
+                items[index] = data.draw(_items_strategy)
+    _assert_decodes_exactly(_pack(items), LIMIT)
+
+
+def test_the_shaped_fuzzer_reaches_both_outcomes() -> None:
+    # A check on the fuzz test itself: good envelopes of every kind decode through it.
+    for good in (GOOD_REQUEST, GOOD_REPLY, GOOD_CANCEL):
+        assert _assert_decodes_exactly(_pack(good), LIMIT) is not None
+    assert _assert_decodes_exactly(_pack([1, 2, 5]), LIMIT) is None
+
+
+@given(envelopes, st.data())
+def test_corrupted_envelopes_raise_protocol_errors_or_decode_exactly(
+    envelope: Envelope, data: st.DataObject
+) -> None:
+    raw = bytearray(encode(envelope))
     index = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
     raw[index] = data.draw(st.integers(min_value=0, max_value=255))
-    try:
-        decoded = decode(bytes(raw), max_size=LIMIT)
-    except ProtocolError:
-        return
-    _assert_says_what_its_msgpack_says(bytes(raw), decoded)
+    _assert_decodes_exactly(bytes(raw), LIMIT)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+import anyio
 import pytest
 
 from podshare.exceptions import ClosedError
 from podshare.testing import TransportConformance, check_transport
-from podshare.transport import MemoryNetwork, MemoryTransport, Transport
+from podshare.transport import (
+    ClusterReadiness,
+    MemoryNetwork,
+    MemoryTransport,
+    SubscriberCounting,
+    Transport,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -104,6 +113,40 @@ class _Broken:
             raise ClosedError("already closed")
         await self.inner.aclose()
 
+    # The optional capabilities, passed through unless a flaw breaks them.
+
+    async def wait_ready(self) -> None:
+        if self.flaw == "never_ready":
+            await anyio.sleep_forever()
+        await self.inner.wait_ready()
+
+    async def remote_subscribers(self, topic: str) -> int | None:
+        count = await self.inner.remote_subscribers(topic)
+        if self.flaw == "negative_count":
+            return -1
+        if self.flaw == "counts_own" and count is not None:
+            own = any(sub.topic == topic for sub in self.inner._subscriptions.values())
+            return count + own
+        return count
+
+    @property
+    def stats(self) -> Callable[[], Any]:
+        if self.flaw == "statistics_name":
+            raise AttributeError("stats")  # only the old name below
+        if self.flaw == "live_stats":
+            return lambda: self.inner._stats  # the record itself, not a snapshot
+        if self.flaw == "gaps_field":
+            return lambda: _OldStats(gaps=0)
+        return self.inner.stats
+
+    def statistics(self) -> Any:
+        return self.inner.stats()
+
+
+@dataclass(frozen=True)
+class _OldStats:
+    gaps: int
+
 
 class _Empty:
     """A subscription that never yields: what a transport ignoring aclose might give."""
@@ -171,8 +214,53 @@ def _factory(flaw: str) -> Callable[[], AbstractAsyncContextManager[Transport]]:
         ("subscribe_after_close", "subscribe after aclose"),
         ("all_topics", "only its topic"),
         ("reverse", "order"),
+        ("never_ready", "wait_ready returns"),
+        ("negative_count", "not None or an int >= 0"),
+        ("counts_own", "seen from the first: expected 0, still 1"),
+        ("live_stats", "return a snapshot"),
+        ("gaps_field", "name it gaps_reported"),
+        ("statistics_name", "name it stats()"),
     ],
 )
 async def test_check_transport_detects_a_broken_rule(flaw: str, property_name: str) -> None:
-    with pytest.raises(AssertionError, match=property_name):
+    with pytest.raises(AssertionError, match=re.escape(property_name)):
         await check_transport(_factory(flaw), receive_timeout=0.5)
+
+
+async def test_the_wrapper_offers_the_optional_capabilities_when_unbroken() -> None:
+    # So the flaws above are the only difference from a transport that passes.
+    make = _factory("none")
+    async with make() as a, make():
+        assert isinstance(a, ClusterReadiness)
+        assert isinstance(a, SubscriberCounting)
+    await check_transport(_factory("none"), receive_timeout=5)
+
+
+async def test_a_transport_without_the_optional_capabilities_passes() -> None:
+    class Plain:
+        """Only the three methods of the protocol (and the context manager)."""
+
+        def __init__(self, inner: MemoryTransport) -> None:
+            self.inner = inner
+            self.max_message_size = inner.max_message_size
+
+        async def __aenter__(self) -> Self:
+            await self.inner.__aenter__()
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            await self.inner.__aexit__(None, None, None)
+
+        async def publish(self, topic: str, message: bytes) -> None:
+            await self.inner.publish(topic, message)
+
+        def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+            return self.inner.subscribe(topic)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    network = MemoryNetwork()
+    plain = Plain(MemoryTransport(network=network))
+    assert not isinstance(plain, ClusterReadiness | SubscriberCounting)
+    await check_transport(lambda: Plain(MemoryTransport(network=network)))

@@ -1,7 +1,10 @@
-"""MemoryTransport: delivery, lifecycle, networks and partitions, buffers, fault plans."""
+"""MemoryTransport: delivery, lifecycle, networks and partitions, buffers, fault plans,
+gap listeners that fail, readiness and subscriber counting."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +15,13 @@ from hypothesis import strategies as st
 
 from podshare.exceptions import ClosedError, ConfigurationError, MessageTooLarge, TransportError
 from podshare.transport import (
+    ClusterReadiness,
     FaultPlan,
     GapReporting,
     MemoryNetwork,
     MemoryTransport,
+    MemoryTransportStats,
+    SubscriberCounting,
     Transport,
 )
 
@@ -48,6 +54,8 @@ async def test_protocols_are_implemented() -> None:
     async with MemoryTransport() as tr:
         assert isinstance(tr, Transport)
         assert isinstance(tr, GapReporting)
+        assert isinstance(tr, ClusterReadiness)
+        assert isinstance(tr, SubscriberCounting)
         assert tr.max_message_size == 1024 * 1024
 
 
@@ -147,6 +155,8 @@ async def test_names_are_unique_per_network_and_freed_on_close() -> None:
         ({"name": ""}, "name"),
         ({"network": object()}, "network"),
         ({"faults": {"drop": 0.1}}, "faults"),
+        ({"close_timeout": -1}, "close_timeout"),
+        ({"close_timeout": float("nan")}, "close_timeout"),
     ],
 )
 def test_bad_options_name_the_option(kwargs: dict[str, Any], option: str) -> None:
@@ -245,7 +255,7 @@ async def test_disconnect_and_reconnect() -> None:
         remove()
         b.simulate_gap()
         assert gap_b.count == 1
-        assert b.stats().gaps == 2
+        assert b.stats().gaps_reported == 2
 
 
 async def test_full_buffer_drops_messages_not_the_publisher_then_reports_a_gap() -> None:
@@ -387,3 +397,163 @@ async def test_exit_inside_a_cancelled_scope_leaves_the_task_group_consistent() 
         await tr2.publish("t", b"x")
         with anyio.fail_after(5):
             assert await anext(aiter(messages)) == b"x"
+
+
+# --- stats ---------------------------------------------------------------------------
+
+
+async def test_stats_is_a_frozen_snapshot_of_one_record() -> None:
+    async with MemoryTransport() as tr, tr.subscribe("t") as messages:
+        await tr.publish("t", b"x")
+        before = tr.stats()
+        await tr.publish("t", b"y")
+        assert await receive_n(messages, 2) == [b"x", b"y"]
+        assert isinstance(before, MemoryTransportStats)
+        assert (before.published, tr.stats().published) == (1, 2)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            before.published = 5
+        assert before == MemoryTransportStats(published=1, delivered=1)
+
+
+async def test_gaps_is_a_deprecated_alias_of_gaps_reported() -> None:
+    async with MemoryTransport() as tr:
+        tr.simulate_gap()
+        stats = tr.stats()
+        assert stats.gaps_reported == 1
+        with pytest.warns(DeprecationWarning, match="gaps_reported"):
+            assert stats.gaps == 1
+
+
+# --- gap listeners that fail ---------------------------------------------------------
+
+
+def failing_listener() -> None:
+    raise RuntimeError("listener bug")
+
+
+async def test_a_failing_gap_listener_never_reaches_the_subscriber(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The subscriber's read is what notices the overflow gap: the listener's error must
+    # not come out of it (it used to, and crashed the store consuming it).
+    async with MemoryTransport(buffer_size=1) as tr, tr.subscribe("t") as messages:
+        tr.add_gap_listener(failing_listener)
+        healthy = GapCounter()
+        tr.add_gap_listener(healthy)
+        for message in (b"kept", b"overflowed"):
+            await tr.publish("t", message)
+        with caplog.at_level(logging.ERROR, logger="podshare.transport.memory"):
+            assert await receive(messages) == b"kept"  # no RuntimeError here
+        assert healthy.count == 1  # the other listeners still ran
+        await tr.publish("t", b"after")
+        assert await receive(messages) == b"after"  # the subscription keeps working
+        stats = tr.stats()
+        assert (stats.overflowed, stats.gaps_reported, stats.gap_listener_failures) == (1, 1, 1)
+    failures = [r for r in caplog.records if r.message == "a gap listener failed"]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert failures[0].exc_info[0] is RuntimeError
+
+
+async def test_a_failing_gap_listener_never_reaches_heal_reconnect_or_the_publisher() -> None:
+    net = MemoryNetwork()
+    async with (
+        MemoryTransport(network=net, name="a") as a,
+        MemoryTransport(network=net, name="b") as b,
+        b.subscribe("t") as on_b,
+    ):
+        a.add_gap_listener(failing_listener)
+        gap_b = GapCounter()
+        b.add_gap_listener(gap_b)
+        net.partition(["a"], ["b"])
+        net.heal()  # must not raise, and b is told too
+        net.disconnect("a")
+        net.reconnect("a")
+        a.simulate_gap()
+        assert gap_b.count == 2
+        await a.publish("t", b"still publishing")
+        assert await receive(on_b) == b"still publishing"
+        assert a.stats().gap_listener_failures == 3
+        assert b.stats().gap_listener_failures == 0
+
+
+async def test_a_store_keeps_serving_next_to_a_failing_gap_listener() -> None:
+    # The whole path a store relies on: its transport's gaps make it refresh; a user's
+    # broken listener on the same transport changes nothing for it.
+    from podshare import Store
+
+    net = MemoryNetwork()
+    async with (
+        MemoryTransport(network=net, name="a", buffer_size=2) as ta,
+        MemoryTransport(network=net, name="b", buffer_size=2) as tb,
+        Store[str]("app", ta, node_id="a", hydrate_timeout=0.2) as a,
+        Store[str]("app", tb, node_id="b", hydrate_timeout=0.2) as b,
+        b.watch(key="k") as events,
+    ):
+        tb.add_gap_listener(failing_listener)
+        net.partition(["a"], ["b"])
+        await a.set("k", "written while apart")
+        net.heal()  # b refreshes and learns the write; the failing listener is logged
+        with anyio.fail_after(WAIT):
+            event = await anext(events)
+        assert event.value == "written while apart"
+        assert tb.stats().gap_listener_failures >= 1
+        await b.set("k2", "b still writes")
+        assert b.get("k2") == "b still writes"
+
+
+# --- readiness and subscriber counting -----------------------------------------------
+
+
+async def test_wait_ready_returns_at_once_while_open() -> None:
+    tr = MemoryTransport()
+    with pytest.raises(ClosedError, match="not open"):
+        await tr.wait_ready()
+    async with tr:
+        with anyio.fail_after(WAIT):
+            await tr.wait_ready()
+    with pytest.raises(ClosedError, match="closed"):
+        await tr.wait_ready()
+
+
+async def test_remote_subscribers_counts_other_reachable_transports_once_each() -> None:
+    net = MemoryNetwork()
+    async with (
+        MemoryTransport(network=net, name="a") as a,
+        MemoryTransport(network=net, name="b") as b,
+        MemoryTransport(network=net, name="c") as c,
+    ):
+        assert await a.remote_subscribers("t") == 0
+        async with a.subscribe("t"), a.subscribe("t"):
+            assert await a.remote_subscribers("t") == 0  # its own never count
+            assert await b.remote_subscribers("t") == 1
+            async with b.subscribe("t"), b.subscribe("t"), c.subscribe("t"):
+                assert await a.remote_subscribers("t") == 2  # b once, c once
+                assert await a.remote_subscribers("other") == 0
+                net.partition(["a", "b"], ["c"])
+                assert await a.remote_subscribers("t") == 1  # c is away
+                assert await c.remote_subscribers("t") == 0
+                net.heal()
+                net.disconnect("b")
+                assert await a.remote_subscribers("t") == 1  # b is off the network
+                assert await b.remote_subscribers("t") is None  # b cannot tell
+                net.reconnect("b")
+                assert await a.remote_subscribers("t") == 2
+            assert await a.remote_subscribers("t") == 0  # b and c unsubscribed
+        async with b.subscribe("t"):
+            await b.aclose()
+            assert await a.remote_subscribers("t") == 0  # a closed transport counts not
+    with pytest.raises(ClosedError):
+        await a.remote_subscribers("t")
+    with pytest.raises(TypeError):
+        async with MemoryTransport() as tr:
+            await tr.remote_subscribers("")
+
+
+async def test_close_timeout_is_accepted_and_closing_stays_immediate() -> None:
+    plan = FaultPlan(delay=(60.0, 60.0))
+    with anyio.fail_after(WAIT):
+        async with MemoryTransport(close_timeout=0, faults=plan) as tr, tr.subscribe("t"):
+            await tr.publish("t", b"pending for a minute")
+    assert tr.closed
+    assert tr.state == "closed"
