@@ -1,18 +1,30 @@
-"""Hypothesis against the TCP mesh's sans-I/O parser: any bytes give events or a ProtocolError."""
+"""Hypothesis against the TCP mesh's sans-I/O parser: exact outcomes for any bytes.
+
+Every fuzz test here asserts what happens when decoding succeeds too: the frames equal a
+reference splitter's, the events equal those of the same bytes decoded in one piece (so
+chunking never changes the outcome), announced topics equal a model set.
+"""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podshare.exceptions import ProtocolError
+from podshare.exceptions import DecodeError, FrameTooLarge, ProtocolError
 from podshare.transport._framing import (
+    MAX_TOPIC_BYTES,
     PREAMBLE,
+    AllTopics,
     FrameDecoder,
     Message,
     Opened,
     PeerProtocol,
     Peers,
+    ProtocolEvent,
+    State,
+    TopicAdded,
+    TopicRemoved,
+    TopicsComplete,
     encode_frame,
     encode_message_body,
 )
@@ -22,6 +34,10 @@ MAX_FRAME = 4096
 chunks = st.lists(st.binary(max_size=64), max_size=20)
 topics = st.text(min_size=1, max_size=20)
 messages = st.lists(st.tuples(topics, st.binary(max_size=300)), max_size=10)
+#: Pieces of a stream: raw garbage, or whole frames with random bodies.
+frame_or_garbage = st.one_of(
+    st.binary(max_size=64), st.binary(min_size=1, max_size=80).map(encode_frame)
+)
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -43,17 +59,72 @@ def _opened_pair(secret: bytes | None) -> tuple[PeerProtocol, PeerProtocol]:
     return a, b
 
 
-@given(chunks)
-def test_decoder_on_arbitrary_bytes_only_raises_protocol_errors(pieces: list[bytes]) -> None:
-    decoder = FrameDecoder(max_frame_size=MAX_FRAME)
+def _reference_frames(data: bytes, cap: int) -> tuple[list[bytes], type[Exception] | None]:
+    """A deliberately naive splitter: the frames ``data`` holds, and the error it ends in."""
+    frames: list[bytes] = []
+    pos = 0
+    while len(data) - pos >= 4:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if length > cap:
+            return frames, FrameTooLarge
+        if length == 0:
+            return frames, DecodeError
+        if len(data) - pos - 4 < length:
+            break
+        frames.append(data[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    return frames, None
+
+
+def _feed(
+    proto: PeerProtocol, pieces: list[bytes]
+) -> tuple[list[ProtocolEvent], type[Exception] | None, str]:
+    """Feed ``pieces``; return the events, the error type (if any) and its message."""
+    events: list[ProtocolEvent] = []
     try:
         for piece in pieces:
+            events += proto.receive_data(piece)
+    except ProtocolError as exc:
+        return events, type(exc), str(exc)
+    return events, None, ""
+
+
+def _same_outcome(
+    got: tuple[list[ProtocolEvent], type[Exception] | None, str],
+    whole: tuple[list[ProtocolEvent], type[Exception] | None, str],
+) -> None:
+    """Cutting the bytes differently ends the same way. A call that fails discards the
+    events completed earlier in that call, so on failure the one-piece run may have
+    fewer events: a prefix of the others."""
+    events, error, message = got
+    whole_events, whole_error, whole_message = whole
+    assert (error, message) == (whole_error, whole_message)
+    if error is None:
+        assert events == whole_events
+    else:
+        assert events[: len(whole_events)] == whole_events
+
+
+@given(st.lists(frame_or_garbage, max_size=12), st.lists(st.integers(0, 10**6), max_size=8))
+def test_decoder_matches_a_reference_splitter_on_any_bytes(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(parts)
+    expected, error = _reference_frames(data, MAX_FRAME)
+    decoder = FrameDecoder(max_frame_size=MAX_FRAME)
+    got: list[bytes] = []
+    raised: type[Exception] | None = None
+    try:
+        for piece in _split(data, cuts):
             decoder.feed(piece)
             while (frame := decoder.next_frame()) is not None:
-                assert 1 <= len(frame) <= MAX_FRAME
-    except ProtocolError:
-        pass
-    assert decoder.buffered <= sum(map(len, pieces))
+                got.append(frame)
+    except ProtocolError as exc:
+        raised = type(exc)
+    assert got == expected
+    assert raised is error
+    if error is None:
+        assert decoder.buffered == len(data) - sum(4 + len(f) for f in got)
 
 
 @given(st.lists(st.binary(min_size=1, max_size=200), max_size=10), st.lists(st.integers(0, 10**6)))
@@ -70,31 +141,59 @@ def test_decoder_round_trips_frames_however_the_stream_is_cut(
     assert got == bodies
 
 
-@given(st.booleans(), chunks)
-def test_protocol_fed_garbage_only_raises_protocol_errors(
-    with_preamble: bool, pieces: list[bytes]
-) -> None:
-    proto = PeerProtocol("me", nonce=b"\x01" * 16, max_frame_size=MAX_FRAME)
-    if with_preamble:
-        pieces = [PREAMBLE, *pieces]
-    try:
-        for piece in pieces:
-            for event in proto.receive_data(piece):
-                assert isinstance(event, Opened | Message)
-    except ProtocolError:
-        pass
+_HELLO = PeerProtocol("peer", nonce=b"\x07" * 16).data_to_send()  # preamble + a valid HELLO
 
 
-@given(st.booleans(), chunks)
-def test_open_connection_fed_garbage_only_raises_protocol_errors(
-    secret: bool, pieces: list[bytes]
+@given(
+    st.sampled_from([b"", PREAMBLE, _HELLO]),
+    st.lists(frame_or_garbage, max_size=10),
+    st.lists(st.integers(0, 10**6), max_size=8),
+)
+def test_a_new_connection_decodes_any_bytes_the_same_however_they_are_cut(
+    prefix: bytes, parts: list[bytes], cuts: list[int]
 ) -> None:
-    _, b = _opened_pair(b"k" if secret else None)
-    try:
-        for piece in pieces:
-            b.receive_data(piece)
-    except ProtocolError:
-        pass
+    data = prefix + b"".join(parts)
+
+    def fresh() -> PeerProtocol:
+        return PeerProtocol("me", nonce=b"\x01" * 16, max_frame_size=MAX_FRAME)
+
+    whole = fresh()
+    expected = _feed(whole, [data])
+    pieces = fresh()
+    _same_outcome(_feed(pieces, _split(data, cuts)), expected)
+    assert pieces.state is whole.state
+    events, error, _ = _feed(fresh(), [bytes([b]) for b in data])  # byte by byte: all events
+    assert (error is not None) == (whole.state is State.FAILED)
+    if prefix == _HELLO:
+        assert events[0] == Opened("peer")
+    # Nothing surfaces before a HELLO opened the connection, and it opens only once.
+    assert not events or isinstance(events[0], Opened)
+    assert sum(isinstance(e, Opened) for e in events) <= 1
+
+
+@given(
+    st.booleans(),
+    st.lists(frame_or_garbage, max_size=10),
+    st.lists(st.integers(0, 10**6), max_size=8),
+)
+def test_an_open_connection_decodes_any_bytes_the_same_however_they_are_cut(
+    secret: bool, parts: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(parts)
+    _, whole = _opened_pair(b"k" if secret else None)
+    expected = _feed(whole, [data])
+    _, pieces = _opened_pair(b"k" if secret else None)
+    _same_outcome(_feed(pieces, _split(data, cuts)), expected)
+    _, bytewise = _opened_pair(b"k" if secret else None)
+    events, error, _ = _feed(bytewise, [bytes([b]) for b in data])
+    if secret:
+        # Without the key nothing random can pass the MAC: no event ever surfaces.
+        assert events == []
+        assert error is not None or not data or pieces.pending == len(data)
+    for event in events:
+        if isinstance(event, Message):
+            assert event.topic.encode() in data
+            assert event.payload in data
 
 
 @settings(max_examples=50)
@@ -136,3 +235,54 @@ def test_peers_frames_round_trip(addresses: list[str]) -> None:
     assert b.receive_data(a.encode(PeerProtocol.peers_body(addresses))) == [
         Peers(tuple(x for x in addresses if len(x.encode()) <= 255))
     ]
+
+
+_topic_names = st.sampled_from(["ps/a", "ps/a#n1", "ps/b", "é", "t" * MAX_TOPIC_BYTES])
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), _topic_names),
+        st.tuples(st.just("remove"), _topic_names),
+        st.tuples(st.just("all"), st.just("")),
+        st.tuples(st.just("complete"), st.just("")),
+    ),
+    max_size=30,
+)
+
+
+@given(st.booleans(), _ops, st.lists(st.integers(0, 10**6), max_size=8))
+def test_announced_topics_follow_a_model_set(
+    secret: bool, ops: list[tuple[str, str]], cuts: list[int]
+) -> None:
+    a, b = _opened_pair(b"k" if secret else None)
+    bodies = {
+        "add": PeerProtocol.topic_added_body,
+        "remove": PeerProtocol.topic_removed_body,
+        "all": lambda _: PeerProtocol.all_topics_body(),
+        "complete": lambda _: PeerProtocol.topics_complete_body(),
+    }
+    stream = b"".join(a.encode(bodies[op](topic)) for op, topic in ops)
+    got: list[ProtocolEvent] = []
+    for piece in _split(stream, cuts):
+        got += b.receive_data(piece)
+    expected_events: list[ProtocolEvent] = []
+    model: set[str] = set()
+    everything = complete = False
+    for op, topic in ops:
+        if op == "add":
+            expected_events.append(TopicAdded(topic))
+            if not everything:
+                model.add(topic)
+        elif op == "remove":
+            expected_events.append(TopicRemoved(topic))
+            model.discard(topic)
+        elif op == "all":
+            expected_events.append(AllTopics())
+            everything, model = True, set()
+        else:
+            expected_events.append(TopicsComplete())
+            complete = True
+    assert got == expected_events
+    assert b.peer_topics == model
+    assert (b.peer_all_topics, b.peer_topics_complete) == (everything, complete)
+    for topic in ["ps/a", "ps/b", "never"]:
+        assert b.peer_subscribes(topic) == (not complete or everything or topic in model)
