@@ -1,7 +1,7 @@
 """Running users' callbacks (sync or async) so that they never block or kill their caller.
 
 A component that accepts callbacks (``on_connect``, ``on_disconnect``, ``on_error``) hands
-each call to a :class:`CallbackRunner`: calls are queued (bounded) and run one at a time,
+each call to a `CallbackRunner`: calls are queued (bounded) and run one at a time,
 in order, in a background task of the component, so a slow callback delays only later
 callbacks, never the component's own work. A callback that raises is logged with its
 traceback and counted; it is the user's bug to see, never the component's failure.
@@ -46,7 +46,7 @@ DEFAULT_CALLBACK_QUEUE = 1024
 
 
 class CallbackCounts(Protocol):
-    """The two counters a :class:`CallbackRunner` updates (fields of a stats record)."""
+    """The two counters a `CallbackRunner` updates (fields of a stats record)."""
 
     callback_errors: int
     callbacks_dropped: int
@@ -68,12 +68,12 @@ async def call_user(fn: Callable[..., Any], *args: object, log: logging.Logger) 
 
 
 class CallbackRunner:
-    """A bounded queue of callback calls, run in order by :meth:`run` in a task of its own.
+    """A bounded queue of callback calls, run in order by `run` in a task of its own.
 
     Args:
         log: where failing callbacks are logged.
         counts: the stats record to count failures and drops in.
-        limit: calls that may wait; beyond it :meth:`emit` drops and counts.
+        limit: calls that may wait; beyond it `emit` drops and counts.
     """
 
     __slots__ = ("_counts", "_idle", "_limit", "_log", "_queue", "_wakeup")

@@ -1,8 +1,8 @@
 """The TCP mesh's wire protocol, sans-I/O: frames, the handshake and frame authentication.
 
 Nothing here touches a socket, a clock or a random source: bytes and calls go in, events
-and bytes come out. :class:`~podshare.transport.tcp.TcpTransport` only moves bytes between
-a stream and a :class:`PeerProtocol`, so Hypothesis can drive the parser directly.
+and bytes come out. `TcpTransport` only moves bytes between
+a stream and a `PeerProtocol`, so Hypothesis can drive the parser directly.
 
 Wire format (all integers big-endian)::
 
@@ -32,11 +32,11 @@ newly connected peer where the sender's other peers listen, so the mesh complete
 TOPIC frames are sent only to peers whose HELLO set flag bit 1 (so a peer of an older
 release, which would refuse kind 8, still interoperates). Right after the handshake each
 side announces every topic it subscribes to (ADDs, or one ALL when it holds more than
-:data:`MAX_ANNOUNCED_TOPICS` topics or :data:`MAX_ANNOUNCED_TOPIC_BYTES` bytes of them),
+`MAX_ANNOUNCED_TOPICS` topics or `MAX_ANNOUNCED_TOPIC_BYTES` bytes of them),
 then COMPLETE; later subscriptions and unsubscriptions follow as ADD and REMOVE, each
 ahead of the subscription's BARRIER. The receiver keeps the announced set per connection,
 bounded by those two caps: a peer announcing more fails with a
-:class:`~podshare.exceptions.ProtocolError`.
+`ProtocolError`.
 
 Both sides send the preamble and a HELLO at once. Without a secret the connection is open
 as soon as the peer's HELLO is valid. With a secret each side then sends an AUTH proof,
@@ -145,7 +145,7 @@ def encode_frame(body: bytes) -> bytes:
 
 
 def check_topic(topic: str) -> bytes:
-    """``topic`` encoded, if it is 1..:data:`MAX_TOPIC_BYTES` bytes of UTF-8.
+    """``topic`` encoded, if it is 1..`MAX_TOPIC_BYTES` bytes of UTF-8.
 
     Raises:
         DecodeError: the topic is empty, too long or not encodable.
@@ -163,7 +163,7 @@ def encode_message_body(topic: str, payload: bytes) -> bytes:
     """The body of a MESSAGE frame (without its MAC), shared by every connection.
 
     Raises:
-        DecodeError: the topic is empty or longer than :data:`MAX_TOPIC_BYTES` encoded.
+        DecodeError: the topic is empty or longer than `MAX_TOPIC_BYTES` encoded.
     """
     raw = check_topic(topic)
     return bytes([_KIND_MESSAGE]) + len(raw).to_bytes(2, "big") + raw + payload
@@ -250,7 +250,7 @@ class FrameDecoder:
 
 
 class State(enum.Enum):
-    """Where a :class:`PeerProtocol` is in its life."""
+    """Where a `PeerProtocol` is in its life."""
 
     HELLO = "hello"  # waiting for the peer's preamble and HELLO
     AUTH = "auth"  # HELLO done, waiting for the peer's proof
@@ -280,7 +280,7 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Barrier:
-    """The peer asks for a :class:`BarrierAck` with ``barrier_id``."""
+    """The peer asks for a `BarrierAck` with ``barrier_id``."""
 
     barrier_id: int
 
@@ -346,8 +346,8 @@ class PeerProtocol:
 
     ``nonce`` must be fresh random bytes for every connection (the caller owns the random
     source, so this class stays deterministic under test). Bytes the protocol wants sent on
-    its own (preamble, HELLO, AUTH) are collected by :meth:`data_to_send`; frames the
-    caller sends are returned by :meth:`encode`.
+    its own (preamble, HELLO, AUTH) are collected by `data_to_send`; frames the
+    caller sends are returned by `encode`.
 
     Example:
         >>> a = PeerProtocol("a", nonce=bytes(16), secret=b"s")
@@ -483,7 +483,7 @@ class PeerProtocol:
         return out
 
     def encode(self, body: bytes) -> bytes:
-        """Frame ``body`` (from :func:`encode_message_body` or :meth:`ping_body`) for sending.
+        """Frame ``body`` (from `encode_message_body` or `ping_body`) for sending.
 
         Raises:
             ProtocolError: the handshake has not completed.
@@ -527,13 +527,13 @@ class PeerProtocol:
         """The body of a TOPIC ADD frame.
 
         Raises:
-            DecodeError: the topic is empty or longer than :data:`MAX_TOPIC_BYTES` encoded.
+            DecodeError: the topic is empty or longer than `MAX_TOPIC_BYTES` encoded.
         """
         return bytes([_KIND_TOPIC, _TOPIC_ADD]) + check_topic(topic)
 
     @staticmethod
     def topic_removed_body(topic: str) -> bytes:
-        """The body of a TOPIC REMOVE frame (see :meth:`topic_added_body`)."""
+        """The body of a TOPIC REMOVE frame (see `topic_added_body`)."""
         return bytes([_KIND_TOPIC, _TOPIC_REMOVE]) + check_topic(topic)
 
     @staticmethod

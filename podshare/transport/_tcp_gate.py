@@ -1,12 +1,12 @@
 """The TCP mesh under floods: caps on unauthenticated connections and rate-limited logging.
 
-:class:`HandshakeGate` admits every new inbound connection but bounds how many may be in
+`HandshakeGate` admits every new inbound connection but bounds how many may be in
 their handshake (not yet authenticated) at once, in total and per source address. When a
 cap is reached the *oldest* pending handshake is dropped: a flood of idle connections
 then only ever evicts itself, and a legitimate peer, which completes its handshake within
 a round trip or two, gets in however long the flood lasts.
 
-:class:`RateLimitedLog` keeps a port scanner or a flood from flooding the log: at most one
+`RateLimitedLog` keeps a port scanner or a flood from flooding the log: at most one
 line per reason per interval, and the next line says how many were suppressed.
 
 Neither reads a clock of its own or touches a socket beyond cancelling a scope, so both

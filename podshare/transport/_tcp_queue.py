@@ -6,12 +6,12 @@ during a burst, such as a large sync answer; the peer is dropped as stalled only
 
 - its queue has stayed above the soft limit for ``stall_timeout`` seconds in a row, or
 - a write to its socket has made no progress for ``stall_timeout`` seconds (writes go
-  out in chunks of at most :data:`WRITE_CHUNK` bytes, so progress is visible), or
-- its queue would exceed the hard limit (:data:`HARD_LIMIT_FACTOR` times the soft one),
+  out in chunks of at most `WRITE_CHUNK` bytes, so progress is visible), or
+- its queue would exceed the hard limit (`HARD_LIMIT_FACTOR` times the soft one),
   which bounds the memory one peer can hold whatever the timing.
 
 The queue only keeps the state; the transport's housekeeping task reads
-:meth:`SendQueue.stall_reason` on its tick and drops the peer.
+`stall_reason` on its tick and drops the peer.
 """
 
 from __future__ import annotations
