@@ -55,6 +55,7 @@ from podshare.transport._callbacks import CallbackRunner
 from podshare.transport._framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FRAME_OVERHEAD,
+    MAC_SIZE,
     MAX_ANNOUNCED_TOPIC_BYTES,
     MAX_ANNOUNCED_TOPICS,
     NONCE_SIZE,
@@ -1233,7 +1234,10 @@ class TcpTransport(Service):
                 if c is not conn and c.info.listen_address is not None
             ]
             if others:
-                self._send(conn, PeerProtocol.peers_body(others))
+                # Each entry takes at most 256 bytes: keep the frame within the frame cap
+                # (peers run with the same max_frame_size).
+                room = (self._max_frame_size - 3 - MAC_SIZE) // 256
+                self._send(conn, PeerProtocol.peers_body(others[:room]))
         if conn.proto.peer_announces_topics:
             if self._too_many_topics():
                 conn.announced_all = True

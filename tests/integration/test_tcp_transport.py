@@ -33,6 +33,7 @@ from podshare.transport import (
 from podshare.transport._callbacks import CallbackRunner
 from podshare.transport._framing import (
     FRAME_OVERHEAD,
+    MAC_SIZE,
     MAX_ANNOUNCED_TOPICS,
     PREAMBLE,
     Barrier,
@@ -258,6 +259,19 @@ async def test_bad_options_are_configuration_errors() -> None:
         TcpTransport(secret="")
     with pytest.raises(ConfigurationError):
         TcpTransport(reconnect_backoff=(1.0, 0.5))
+    for bad in (
+        {"stall_timeout": 0},
+        {"stall_timeout": float("inf")},
+        {"handshake_timeout": -1},
+        {"keepalive": 0},
+        {"max_pending_handshakes": 0},
+        {"max_pending_per_source": 1.5},
+        {"close_timeout": -1},
+        {"on_connect": "not callable"},
+        {"on_error": 42},
+    ):
+        with pytest.raises(ConfigurationError):
+            TcpTransport(**bad)  # type: ignore[arg-type]
     async with TcpTransport() as node:
         with pytest.raises(ConfigurationError):
             node.add_peer("1.2.3.4")
@@ -515,6 +529,42 @@ async def test_garbage_is_rejected_and_counted(data: bytes, counter: str) -> Non
         # The node still serves its real peer.
         await peer.publish("t", b"still here")
         assert await receive(messages) == b"still here"
+
+
+_INTRUDER_HELLO = PeerProtocol("intruder", nonce=b"i" * 16, secret=b"guess").data_to_send()
+_FORGED = encode_frame(encode_message_body("t", b"intruder") + bytes(MAC_SIZE))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00" * 64,  # garbage
+        PREAMBLE + b"\xff\xff\xff\xff",  # a 4 GiB header
+        PREAMBLE + b"\x00\x00\x00\x30\x01partial",  # truncated, then closed
+        _INTRUDER_HELLO + _FORGED,  # a message before any proof
+        _INTRUDER_HELLO + encode_frame(b"\x02" + bytes(MAC_SIZE)) + _FORGED,  # a wrong proof
+    ],
+    ids=["garbage", "4GiB-header", "truncated", "message-before-proof", "wrong-proof"],
+)
+async def test_with_a_secret_no_intruder_frame_reaches_a_subscriber(data: bytes) -> None:
+    async with (
+        TcpTransport(node_id="node", secret=b"k") as node,
+        node.subscribe("t") as messages,
+    ):
+        client = await raw_client(node.address)
+        async with client:
+            await client.send(data)
+            await client.send_eof()  # the intruder is done: what it sent is all there is
+            assert await closed_by_server(client)
+
+        def refused() -> int:
+            s = node.stats()
+            return s.auth_failures + s.protocol_errors + s.frames_too_large
+
+        await until(lambda: refused() == 1, node)
+        assert node.connections == {}
+        await node.publish("t", b"local")
+        assert await receive(messages) == b"local"  # the first and only message
 
 
 async def test_truncated_frame_then_close_is_counted() -> None:
