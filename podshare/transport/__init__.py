@@ -13,6 +13,7 @@ from podshare.transport.base import GapReporting as GapReporting
 from podshare.transport.base import SubscriberCounting as SubscriberCounting
 from podshare.transport.base import Transport as Transport
 from podshare.transport.discovery import DNSDiscoverer as DNSDiscoverer
+from podshare.transport.discovery import DNSStats as DNSStats
 from podshare.transport.memory import FaultPlan as FaultPlan
 from podshare.transport.memory import MemoryNetwork as MemoryNetwork
 from podshare.transport.memory import MemoryTransport as MemoryTransport
@@ -24,6 +25,7 @@ from podshare.transport.tcp import TcpTransport as TcpTransport
 __all__ = [
     "ClusterReadiness",
     "DNSDiscoverer",
+    "DNSStats",
     "FaultPlan",
     "GapListeners",
     "GapReporting",

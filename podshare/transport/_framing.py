@@ -1,8 +1,8 @@
 """The TCP mesh's wire protocol, sans-I/O: frames, the handshake and frame authentication.
 
 Nothing here touches a socket, a clock or a random source: bytes and calls go in, events
-and bytes come out. :class:`~podshare.transport.tcp.TcpTransport` only moves bytes between
-a stream and a :class:`PeerProtocol`, so Hypothesis can drive the parser directly.
+and bytes come out. `TcpTransport` only moves bytes between
+a stream and a `PeerProtocol`, so Hypothesis can drive the parser directly.
 
 Wire format (all integers big-endian)::
 
@@ -11,18 +11,32 @@ Wire format (all integers big-endian)::
     frame    := length:u32 body[length]                1 <= length <= max_frame_size
     body     := kind:u8 fields [mac:32]
     HELLO       (kind 1) := flags:u8 nonce:16 id_len:u8 node_id listen_port:u16
-                            (flags bit 0: a secret is in use; port 0: not listening)
+                            (flags bit 0: a secret is in use; bit 1: the sender
+                            announces its subscriptions; port 0: not listening)
     AUTH        (kind 2) := proof:32
     MESSAGE     (kind 3) := topic_len:u16 topic payload
     PING        (kind 4) := (nothing)
     BARRIER     (kind 5) := id:u64   "answer after everything you sent so far"
     BARRIER_ACK (kind 6) := id:u64   the answer, ordered after those messages
     PEERS       (kind 7) := count:u16 (len:u8 address)*   "host:port" of other peers
+    TOPIC       (kind 8) := op:u8 topic                  the sender's subscriptions:
+                            op 1 ADD topic, op 2 REMOVE topic, op 3 ALL (count the
+                            sender for every topic; empty topic), op 4 COMPLETE (the
+                            initial announcement is over; empty topic)
 
 A new subscription sends a BARRIER to every connected peer and ignores each peer's
 messages until that peer's BARRIER_ACK arrives: exactly the messages a peer published
 after the subscription existed reach it, never older ones still in flight. PEERS tells a
 newly connected peer where the sender's other peers listen, so the mesh completes itself.
+
+TOPIC frames are sent only to peers whose HELLO set flag bit 1 (so a peer of an older
+release, which would refuse kind 8, still interoperates). Right after the handshake each
+side announces every topic it subscribes to (ADDs, or one ALL when it holds more than
+`MAX_ANNOUNCED_TOPICS` topics or `MAX_ANNOUNCED_TOPIC_BYTES` bytes of them),
+then COMPLETE; later subscriptions and unsubscriptions follow as ADD and REMOVE, each
+ahead of the subscription's BARRIER. The receiver keeps the announced set per connection,
+bounded by those two caps: a peer announcing more fails with a
+`ProtocolError`.
 
 Both sides send the preamble and a HELLO at once. Without a secret the connection is open
 as soon as the peer's HELLO is valid. With a secret each side then sends an AUTH proof,
@@ -52,11 +66,14 @@ __all__ = [
     "HANDSHAKE_MAX_FRAME_SIZE",
     "MAC_SIZE",
     "MAGIC",
+    "MAX_ANNOUNCED_TOPICS",
+    "MAX_ANNOUNCED_TOPIC_BYTES",
     "MAX_PEER_ADDRESSES",
     "MAX_TOPIC_BYTES",
     "NONCE_SIZE",
     "PREAMBLE",
     "VERSION",
+    "AllTopics",
     "Barrier",
     "BarrierAck",
     "FrameDecoder",
@@ -67,6 +84,10 @@ __all__ = [
     "Ping",
     "ProtocolEvent",
     "State",
+    "TopicAdded",
+    "TopicRemoved",
+    "TopicsComplete",
+    "check_topic",
     "encode_frame",
     "encode_message_body",
 ]
@@ -91,9 +112,20 @@ _KIND_PING = 4
 _KIND_BARRIER = 5
 _KIND_BARRIER_ACK = 6
 _KIND_PEERS = 7
+_KIND_TOPIC = 8
+_TOPIC_ADD = 1
+_TOPIC_REMOVE = 2
+_TOPIC_ALL = 3
+_TOPIC_COMPLETE = 4
 #: At most this many addresses in one PEERS frame (each at most 255 bytes).
 MAX_PEER_ADDRESSES = 1024
 _FLAG_SECRET = 0x01
+_FLAG_TOPICS = 0x02
+#: At most this many topics announced by one peer (a podshare node holding more
+#: announces ALL instead); one more is a protocol error.
+MAX_ANNOUNCED_TOPICS = 1024
+#: At most this many bytes of topic names announced by one peer, in all.
+MAX_ANNOUNCED_TOPIC_BYTES = 128 * 1024
 _MAX_NODE_ID_BYTES = 255
 #: The cap before the handshake completes: HELLO and AUTH are small, so a peer that has
 #: not proved anything cannot make this node buffer more than this per frame.
@@ -112,15 +144,28 @@ def encode_frame(body: bytes) -> bytes:
     return len(body).to_bytes(_HEADER, "big") + body
 
 
+def check_topic(topic: str) -> bytes:
+    """``topic`` encoded, if it is 1..`MAX_TOPIC_BYTES` bytes of UTF-8.
+
+    Raises:
+        DecodeError: the topic is empty, too long or not encodable.
+    """
+    try:
+        raw = topic.encode()
+    except UnicodeEncodeError as exc:
+        raise DecodeError(f"a topic must be UTF-8 encodable: {exc}") from exc
+    if not raw or len(raw) > MAX_TOPIC_BYTES:
+        raise DecodeError(f"a topic must be 1..{MAX_TOPIC_BYTES} bytes of UTF-8, got {len(raw)}")
+    return raw
+
+
 def encode_message_body(topic: str, payload: bytes) -> bytes:
     """The body of a MESSAGE frame (without its MAC), shared by every connection.
 
     Raises:
-        DecodeError: the topic is empty or longer than :data:`MAX_TOPIC_BYTES` encoded.
+        DecodeError: the topic is empty or longer than `MAX_TOPIC_BYTES` encoded.
     """
-    raw = topic.encode()
-    if not raw or len(raw) > MAX_TOPIC_BYTES:
-        raise DecodeError(f"a topic must be 1..{MAX_TOPIC_BYTES} bytes of UTF-8, got {len(raw)}")
+    raw = check_topic(topic)
     return bytes([_KIND_MESSAGE]) + len(raw).to_bytes(2, "big") + raw + payload
 
 
@@ -205,7 +250,7 @@ class FrameDecoder:
 
 
 class State(enum.Enum):
-    """Where a :class:`PeerProtocol` is in its life."""
+    """Where a `PeerProtocol` is in its life."""
 
     HELLO = "hello"  # waiting for the peer's preamble and HELLO
     AUTH = "auth"  # HELLO done, waiting for the peer's proof
@@ -235,7 +280,7 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Barrier:
-    """The peer asks for a :class:`BarrierAck` with ``barrier_id``."""
+    """The peer asks for a `BarrierAck` with ``barrier_id``."""
 
     barrier_id: int
 
@@ -254,7 +299,42 @@ class Peers:
     addresses: tuple[str, ...]
 
 
-ProtocolEvent = Opened | Message | Ping | Barrier | BarrierAck | Peers
+@dataclass(frozen=True, slots=True)
+class TopicAdded:
+    """The peer subscribes to ``topic`` (announced on connect, or a new subscription)."""
+
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRemoved:
+    """The peer no longer subscribes to ``topic``."""
+
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllTopics:
+    """The peer holds too many subscriptions to announce: count it for every topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsComplete:
+    """The peer's initial announcement is over: its announced set is now authoritative."""
+
+
+ProtocolEvent = (
+    Opened
+    | Message
+    | Ping
+    | Barrier
+    | BarrierAck
+    | Peers
+    | TopicAdded
+    | TopicRemoved
+    | AllTopics
+    | TopicsComplete
+)
 
 
 def _length_prefixed(data: bytes) -> bytes:
@@ -266,8 +346,8 @@ class PeerProtocol:
 
     ``nonce`` must be fresh random bytes for every connection (the caller owns the random
     source, so this class stays deterministic under test). Bytes the protocol wants sent on
-    its own (preamble, HELLO, AUTH) are collected by :meth:`data_to_send`; frames the
-    caller sends are returned by :meth:`encode`.
+    its own (preamble, HELLO, AUTH) are collected by `data_to_send`; frames the
+    caller sends are returned by `encode`.
 
     Example:
         >>> a = PeerProtocol("a", nonce=bytes(16), secret=b"s")
@@ -287,16 +367,22 @@ class PeerProtocol:
         "_nonce",
         "_out",
         "_peer_nonce",
+        "_peer_topic_bytes",
         "_preamble_seen",
         "_recv_key",
         "_recv_seq",
         "_secret",
         "_send_key",
         "_send_seq",
+        "announces_topics",
         "listen_port",
         "node_id",
+        "peer_all_topics",
+        "peer_announces_topics",
         "peer_listen_port",
         "peer_node_id",
+        "peer_topics",
+        "peer_topics_complete",
         "self_connection",
         "state",
     )
@@ -309,6 +395,7 @@ class PeerProtocol:
         secret: bytes | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         listen_port: int = 0,
+        announces_topics: bool = True,
     ) -> None:
         raw_id = node_id.encode()
         if not 0 <= listen_port <= 65535:
@@ -334,10 +421,23 @@ class PeerProtocol:
         self._recv_key = b""
         self._send_seq = 0
         self._recv_seq = 0
-        flags = _FLAG_SECRET if secret is not None else 0
+        flags = (_FLAG_SECRET if secret is not None else 0) | (
+            _FLAG_TOPICS if announces_topics else 0
+        )
         self.listen_port = listen_port
+        #: Whether this side told the peer it announces its subscriptions (TOPIC frames).
+        self.announces_topics = announces_topics
         #: The port the peer listens on (0: it does not), from its HELLO.
         self.peer_listen_port = 0
+        #: Whether the peer's HELLO said it announces its subscriptions.
+        self.peer_announces_topics = False
+        #: The topics the peer announced (bounded by the MAX_ANNOUNCED_* caps).
+        self.peer_topics: set[str] = set()
+        #: The peer announced ALL: it counts as a subscriber of every topic.
+        self.peer_all_topics = False
+        #: The peer's initial announcement is over (COMPLETE received).
+        self.peer_topics_complete = False
+        self._peer_topic_bytes = 0
         hello = (
             bytes([_KIND_HELLO, flags])
             + nonce
@@ -353,6 +453,25 @@ class PeerProtocol:
         return self._secret is not None
 
     @property
+    def peer_nonce(self) -> bytes:
+        """The nonce of the peer's HELLO (empty before it arrived).
+
+        Also set when the HELLO was refused for carrying this node's own id, so the
+        caller can tell its own looped-back connection from another node using its id.
+        """
+        return self._peer_nonce
+
+    def peer_subscribes(self, topic: str) -> bool:
+        """Whether a message on ``topic`` should be sent to this peer.
+
+        True until the peer's initial announcement is complete (and always for a peer
+        that does not announce), then only for announced topics or after ALL.
+        """
+        if not self.peer_topics_complete or self.peer_all_topics:
+            return True
+        return topic in self.peer_topics
+
+    @property
     def pending(self) -> int:
         """Received bytes not yet forming a whole frame (non-zero at EOF: truncated)."""
         return self._decoder.buffered
@@ -364,7 +483,7 @@ class PeerProtocol:
         return out
 
     def encode(self, body: bytes) -> bytes:
-        """Frame ``body`` (from :func:`encode_message_body` or :meth:`ping_body`) for sending.
+        """Frame ``body`` (from `encode_message_body` or `ping_body`) for sending.
 
         Raises:
             ProtocolError: the handshake has not completed.
@@ -403,13 +522,38 @@ class PeerProtocol:
             + b"".join(bytes([len(p)]) + p for p in parts)
         )
 
+    @staticmethod
+    def topic_added_body(topic: str) -> bytes:
+        """The body of a TOPIC ADD frame.
+
+        Raises:
+            DecodeError: the topic is empty or longer than `MAX_TOPIC_BYTES` encoded.
+        """
+        return bytes([_KIND_TOPIC, _TOPIC_ADD]) + check_topic(topic)
+
+    @staticmethod
+    def topic_removed_body(topic: str) -> bytes:
+        """The body of a TOPIC REMOVE frame (see `topic_added_body`)."""
+        return bytes([_KIND_TOPIC, _TOPIC_REMOVE]) + check_topic(topic)
+
+    @staticmethod
+    def all_topics_body() -> bytes:
+        """The body of a TOPIC ALL frame."""
+        return bytes([_KIND_TOPIC, _TOPIC_ALL])
+
+    @staticmethod
+    def topics_complete_body() -> bytes:
+        """The body of a TOPIC COMPLETE frame."""
+        return bytes([_KIND_TOPIC, _TOPIC_COMPLETE])
+
     def receive_data(self, data: bytes) -> list[ProtocolEvent]:
         """Feed received bytes; return the events they complete, in order.
 
         Raises:
             ProtocolError: any subclass (DecodeError, FrameTooLarge, AuthenticationError)
                 for bytes a podshare peer would not send; the connection must be closed,
-                and later calls raise again.
+                and later calls raise again. Events completed earlier in the same call
+                are discarded with it.
         """
         if self.state is State.FAILED:
             raise ProtocolError("the connection already failed")
@@ -468,6 +612,7 @@ class PeerProtocol:
             peer_id = raw_id.decode()
         except UnicodeDecodeError as exc:
             raise DecodeError("HELLO node id is not UTF-8") from exc
+        self._peer_nonce = nonce
         if peer_id == self.node_id:
             self.self_connection = True
             raise ProtocolError(f"connected to itself (node id {peer_id!r})")
@@ -481,7 +626,7 @@ class PeerProtocol:
             raise AuthenticationError("peer echoed this node's nonce")
         self.peer_node_id = peer_id
         self.peer_listen_port = port
-        self._peer_nonce = nonce
+        self.peer_announces_topics = bool(flags & _FLAG_TOPICS)
         if self._secret is not None:
             proof = self._proof(nonce, self._nonce, self.node_id, peer_id, self.listen_port)
             self._out += encode_frame(bytes([_KIND_AUTH]) + proof)
@@ -566,7 +711,54 @@ class PeerProtocol:
             return Barrier(barrier_id) if kind == _KIND_BARRIER else BarrierAck(barrier_id)
         if kind == _KIND_PEERS:
             return self._peers(body)
+        if kind == _KIND_TOPIC:
+            return self._topic(body)
         raise DecodeError(f"unknown frame kind {kind}")
+
+    def _topic(self, body: bytes) -> ProtocolEvent:
+        if not self.peer_announces_topics:
+            raise DecodeError("TOPIC frame from a peer that did not announce subscriptions")
+        if len(body) < 2:
+            raise DecodeError("truncated TOPIC")
+        op, raw = body[1], body[2:]
+        if op in (_TOPIC_ALL, _TOPIC_COMPLETE):
+            if raw:
+                raise DecodeError("TOPIC ALL and COMPLETE carry no topic")
+            if op == _TOPIC_COMPLETE:
+                self.peer_topics_complete = True
+                return TopicsComplete()
+            self.peer_all_topics = True
+            self.peer_topics.clear()  # no longer needed: the peer counts for every topic
+            self._peer_topic_bytes = 0
+            return AllTopics()
+        if op not in (_TOPIC_ADD, _TOPIC_REMOVE):
+            raise DecodeError(f"unknown TOPIC operation {op}")
+        if not raw or len(raw) > MAX_TOPIC_BYTES:
+            raise DecodeError(f"a topic must be 1..{MAX_TOPIC_BYTES} bytes, got {len(raw)}")
+        try:
+            topic = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError("TOPIC is not UTF-8") from exc
+        topics = self.peer_topics
+        if op == _TOPIC_REMOVE:
+            if topic in topics:
+                topics.discard(topic)
+                self._peer_topic_bytes -= len(raw)
+            return TopicRemoved(topic)
+        if topic not in topics and not self.peer_all_topics:
+            if len(topics) >= MAX_ANNOUNCED_TOPICS:
+                raise ProtocolError(
+                    f"peer announced more than {MAX_ANNOUNCED_TOPICS} topics "
+                    "(a podshare peer announces ALL instead)"
+                )
+            if self._peer_topic_bytes + len(raw) > MAX_ANNOUNCED_TOPIC_BYTES:
+                raise ProtocolError(
+                    f"peer announced more than {MAX_ANNOUNCED_TOPIC_BYTES} bytes of topics "
+                    "(a podshare peer announces ALL instead)"
+                )
+            topics.add(topic)
+            self._peer_topic_bytes += len(raw)
+        return TopicAdded(topic)
 
     @staticmethod
     def _peers(body: bytes) -> Peers:

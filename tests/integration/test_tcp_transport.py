@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trustme
 
-from podshare.exceptions import ClosedError, ConfigurationError, MessageTooLarge, TransportError
+from podshare.exceptions import (
+    AuthenticationError,
+    ClosedError,
+    ConfigurationError,
+    MessageTooLarge,
+    PodshareError,
+    TransportError,
+)
 from podshare.testing import check_transport
-from podshare.transport import DNSDiscoverer, GapReporting, TcpTransport, Transport
+from podshare.transport import (
+    DNSDiscoverer,
+    GapReporting,
+    PeerConnection,
+    TcpStats,
+    TcpTransport,
+    Transport,
+)
+from podshare.transport._callbacks import CallbackRunner
 from podshare.transport._framing import (
     FRAME_OVERHEAD,
+    MAC_SIZE,
+    MAX_ANNOUNCED_TOPICS,
     PREAMBLE,
     Barrier,
     BarrierAck,
@@ -24,6 +43,9 @@ from podshare.transport._framing import (
     PeerProtocol,
     Ping,
     State,
+    TopicAdded,
+    TopicsComplete,
+    encode_frame,
     encode_message_body,
 )
 from tests._support import eventually
@@ -79,18 +101,63 @@ class RawPeer:
         self.stream = stream
         self.proto = proto
         self._backlog: list[object] = []
+        #: What the node sent on connecting, up to and including its readiness barrier.
+        self.initial: list[object] = []
 
     @classmethod
-    async def connect(cls, address: str, node_id: str, secret: bytes | None = None) -> RawPeer:
-        """Connect and complete the handshake."""
+    async def connect(
+        cls,
+        address: str,
+        node_id: str,
+        secret: bytes | None = None,
+        *,
+        topics: tuple[str, ...] = (),
+        announces_topics: bool = True,
+        settle: bool = True,
+    ) -> RawPeer:
+        """Connect, complete the handshake, announce ``topics`` and (``settle``) answer the
+        node's readiness barrier."""
+        return await cls.over(
+            await raw_client(address),
+            node_id,
+            secret,
+            topics=topics,
+            announces_topics=announces_topics,
+            settle=settle,
+        )
+
+    @classmethod
+    async def over(
+        cls,
+        stream: anyio.abc.SocketStream,
+        node_id: str,
+        secret: bytes | None = None,
+        *,
+        topics: tuple[str, ...] = (),
+        announces_topics: bool = True,
+        settle: bool = True,
+    ) -> RawPeer:
+        """Like [`connect`][], on a stream already open (dialed or accepted)."""
         nonce = node_id.encode().ljust(16, b"-")[:16]
-        peer = cls(await raw_client(address), PeerProtocol(node_id, nonce=nonce, secret=secret))
+        proto = PeerProtocol(node_id, nonce=nonce, secret=secret, announces_topics=announces_topics)
+        peer = cls(stream, proto)
         await peer.stream.send(peer.proto.data_to_send())
         with anyio.fail_after(TIMEOUT):
             while peer.proto.state is not State.OPEN:
                 peer._backlog += peer.proto.receive_data(await peer.stream.receive())
                 if out := peer.proto.data_to_send():
                     await peer.stream.send(out)
+            if announces_topics:
+                for topic in topics:
+                    await peer.send(PeerProtocol.topic_added_body(topic))
+                await peer.send(PeerProtocol.topics_complete_body())
+            if settle:
+                while True:
+                    event = await peer.next_event()
+                    peer.initial.append(event)
+                    if isinstance(event, Barrier):
+                        await peer.send(PeerProtocol.barrier_ack_body(event.barrier_id))
+                        break
         return peer
 
     async def send(self, body: bytes) -> None:
@@ -179,6 +246,19 @@ async def test_bad_options_are_configuration_errors() -> None:
         TcpTransport(secret="")
     with pytest.raises(ConfigurationError):
         TcpTransport(reconnect_backoff=(1.0, 0.5))
+    for bad in (
+        {"stall_timeout": 0},
+        {"stall_timeout": float("inf")},
+        {"handshake_timeout": -1},
+        {"keepalive": 0},
+        {"max_pending_handshakes": 0},
+        {"max_pending_per_source": 1.5},
+        {"close_timeout": -1},
+        {"on_connect": "not callable"},
+        {"on_error": 42},
+    ):
+        with pytest.raises(ConfigurationError):
+            TcpTransport(**bad)  # type: ignore[arg-type]
     async with TcpTransport() as node:
         with pytest.raises(ConfigurationError):
             node.add_peer("1.2.3.4")
@@ -326,6 +406,7 @@ async def test_dialing_itself_is_detected_and_not_repeated() -> None:
         await eventually(lambda: node.address in node.self_addresses)
         assert node.connections == {}
         assert node.stats().protocol_errors == 0
+        assert node.stats().self_hellos == 0  # its own loop, not another node with its id
 
 
 # -- reconnects and gaps ---------------------------------------------------------------
@@ -433,6 +514,42 @@ async def test_garbage_is_rejected_and_counted(data: bytes, counter: str) -> Non
         assert await receive(messages) == b"still here"
 
 
+_INTRUDER_HELLO = PeerProtocol("intruder", nonce=b"i" * 16, secret=b"guess").data_to_send()
+_FORGED = encode_frame(encode_message_body("t", b"intruder") + bytes(MAC_SIZE))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00" * 64,  # garbage
+        PREAMBLE + b"\xff\xff\xff\xff",  # a 4 GiB header
+        PREAMBLE + b"\x00\x00\x00\x30\x01partial",  # truncated, then closed
+        _INTRUDER_HELLO + _FORGED,  # a message before any proof
+        _INTRUDER_HELLO + encode_frame(b"\x02" + bytes(MAC_SIZE)) + _FORGED,  # a wrong proof
+    ],
+    ids=["garbage", "4GiB-header", "truncated", "message-before-proof", "wrong-proof"],
+)
+async def test_with_a_secret_no_intruder_frame_reaches_a_subscriber(data: bytes) -> None:
+    async with (
+        TcpTransport(node_id="node", secret=b"k") as node,
+        node.subscribe("t") as messages,
+    ):
+        client = await raw_client(node.address)
+        async with client:
+            await client.send(data)
+            await client.send_eof()  # the intruder is done: what it sent is all there is
+            assert await closed_by_server(client)
+
+        def refused() -> int:
+            s = node.stats()
+            return s.auth_failures + s.protocol_errors + s.frames_too_large
+
+        await until(lambda: refused() == 1, node)
+        assert node.connections == {}
+        await node.publish("t", b"local")
+        assert await receive(messages) == b"local"  # the first and only message
+
+
 async def test_truncated_frame_then_close_is_counted() -> None:
     async with TcpTransport() as node:
         client = await raw_client(node.address)
@@ -482,6 +599,8 @@ async def test_a_new_subscription_skips_older_messages_until_the_barrier_answer(
                         await anyio.sleep_forever()
 
                 tg.start_soon(subscribe)
+                # The node announces the subscription, then sends its barrier.
+                assert await raw.next_event() == TopicAdded("t")
                 barrier = await raw.next_event()
                 assert isinstance(barrier, Barrier)
                 # Sent before the answer: older than the subscription, so never seen.
@@ -496,7 +615,7 @@ async def test_a_new_subscription_skips_older_messages_until_the_barrier_answer(
 
 async def test_barriers_are_answered_after_earlier_messages() -> None:
     async with TcpTransport(node_id="node") as node:
-        raw = await RawPeer.connect(node.address, "raw")
+        raw = await RawPeer.connect(node.address, "raw", topics=("t",))
         async with raw.stream:
             await eventually(lambda: "raw" in node.connections)
             await node.publish("t", b"first")
@@ -541,7 +660,7 @@ async def test_a_stalled_peer_is_disconnected_without_blocking_others() -> None:
         healthy.subscribe("t") as messages,
     ):
         # A peer that completes the handshake and then never reads again.
-        stalled = await RawPeer.connect(writer.address, "stalled")
+        stalled = await RawPeer.connect(writer.address, "stalled", topics=("t",))
         async with stalled.stream:
             await eventually(lambda: len(writer.connections) == 2)
             payload = bytes(size)
@@ -630,3 +749,559 @@ async def test_listening_on_all_interfaces_without_protection_warns(
         async with TcpTransport(listen="0.0.0.0:0", secret="k"):
             pass
         assert not caplog.records
+
+
+# -- readiness -------------------------------------------------------------------------
+
+
+def closed_port_address() -> str:
+    """A loopback address where nothing listens (connecting is refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_a_transport_entered_right_after_another_is_ready_only_once_connected() -> None:
+    async with (
+        TcpTransport(node_id="a") as a,
+        a.subscribe("ps/app"),
+        TcpTransport(node_id="b", peers=[a.address]) as b,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            await b.wait_ready()
+        assert "a" in b.connections
+        # Ready means a's announcements arrived too: b counts a without waiting.
+        assert await b.remote_subscribers("ps/app") == 1
+        assert b.stats().connection_attempts_failed == 0
+
+
+async def test_wait_ready_waits_for_peers_learned_through_peer_exchange() -> None:
+    async with (
+        TcpTransport(node_id="a") as a,
+        TcpTransport(node_id="b", peers=[a.address]) as b,
+    ):
+        await until(lambda: "a" in b.connections and "b" in a.connections, a, b)
+        async with TcpTransport(node_id="c", peers=[b.address]) as c:  # c only knows b
+            with anyio.fail_after(TIMEOUT):
+                await c.wait_ready()
+            assert set(c.connections) == {"a", "b"}
+
+
+async def test_an_unreachable_peer_does_not_block_readiness_beyond_one_failed_dial() -> None:
+    dead = closed_port_address()
+    async with (
+        TcpTransport(node_id="a") as a,
+        TcpTransport(
+            node_id="b", peers=[dead, a.address], reconnect_backoff=(30, 30)
+        ) as b,  # one attempt each within the test
+    ):
+        with anyio.fail_after(TIMEOUT):
+            await b.wait_ready()
+        assert "a" in b.connections
+        assert b.stats().connection_attempts_failed == 1
+
+
+async def test_a_peer_refusing_the_handshake_counts_as_failed_for_readiness() -> None:
+    async with (
+        TcpTransport(secret="right") as guarded,
+        TcpTransport(secret="wrong", peers=[guarded.address], reconnect_backoff=(30, 30)) as b,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            await b.wait_ready()
+        assert b.connections == {}
+        assert b.stats().auth_failures == 1
+
+
+async def test_wait_ready_with_no_peers_returns_at_once_and_needs_an_open_transport() -> None:
+    node = TcpTransport()
+    with pytest.raises(ClosedError):
+        await node.wait_ready()
+    async with node:
+        with anyio.fail_after(TIMEOUT):
+            await node.wait_ready()
+    with pytest.raises(ClosedError):
+        await node.wait_ready()
+
+
+async def test_dns_attach_adds_the_discovered_peers_before_the_block_so_readiness_waits() -> None:
+    async with TcpTransport(node_id="a") as a, a.subscribe("ps/app"):
+        host, port = a.address.rsplit(":", 1)
+
+        async def dns(name: str, dns_port: int) -> list[str]:
+            return [host]
+
+        async with (
+            TcpTransport(node_id="b") as b,
+            DNSDiscoverer("svc", int(port), resolver=dns).attach(b),
+        ):
+            assert b.peers == (a.address,)  # added before the block started
+            with anyio.fail_after(TIMEOUT):
+                await b.wait_ready()
+            assert "a" in b.connections
+            assert await b.remote_subscribers("ps/app") == 1
+
+
+# -- subscriber counting and filtered sends --------------------------------------------
+
+
+async def test_remote_subscribers_counts_across_subscribe_unsubscribe_and_disconnect() -> None:
+    async with mesh(3) as (a, b, c), AsyncExitStack() as stack:
+        assert await a.remote_subscribers("t") == 0
+        await stack.enter_async_context(a.subscribe("t"))
+        assert await a.remote_subscribers("t") == 0  # this node's own never count
+        b_subs = AsyncExitStack()
+        async with b_subs:
+            await b_subs.enter_async_context(b.subscribe("t"))
+            # Once b's subscription is entered, a knows: a's barrier answer came after.
+            assert await a.remote_subscribers("t") == 1
+            await b_subs.enter_async_context(b.subscribe("t"))
+            assert await a.remote_subscribers("t") == 1  # distinct nodes, not subscriptions
+            async with c.subscribe("t"):
+                assert await a.remote_subscribers("t") == 2
+                assert await c.remote_subscribers("t") == 2  # a and b
+            await until(lambda: "t" not in a._conns["node-2"].proto.peer_topics, a)
+            assert await a.remote_subscribers("t") == 1
+        await until(lambda: "t" not in a._conns["node-1"].proto.peer_topics, a)
+        assert await a.remote_subscribers("t") == 0
+        async with c.subscribe("u"):
+            assert await a.remote_subscribers("u") == 1
+            await c.aclose()
+            await until(lambda: "node-2" not in a.connections, a)
+            assert await a.remote_subscribers("u") == 0
+
+
+async def test_remote_subscribers_is_unknown_with_a_peer_that_does_not_announce() -> None:
+    async with TcpTransport(node_id="node") as node:
+        legacy = await RawPeer.connect(node.address, "legacy", announces_topics=False)
+        async with legacy.stream:
+            await until(lambda: "legacy" in node.connections, node)
+            assert await node.remote_subscribers("t") is None
+            assert not any(isinstance(e, TopicAdded | TopicsComplete) for e in legacy.initial)
+            # A subscription sends it a barrier and no TOPIC frame it could not parse.
+            async with anyio.create_task_group() as tg:
+                entered = anyio.Event()
+
+                async def subscribe() -> None:
+                    async with node.subscribe("mine"):
+                        entered.set()
+
+                tg.start_soon(subscribe)
+                barrier = await legacy.next_event()
+                assert isinstance(barrier, Barrier)
+                await legacy.send(PeerProtocol.barrier_ack_body(barrier.barrier_id))
+                with anyio.fail_after(TIMEOUT):
+                    await entered.wait()
+            # And it gets every message, whatever the topic.
+            await node.publish("t", b"to everyone")
+            assert await legacy.next_event() == Message("t", b"to everyone")
+
+
+async def test_a_peer_announcing_too_many_topics_is_refused() -> None:
+    async with TcpTransport(node_id="node") as node:
+        raw = await RawPeer.connect(node.address, "greedy")
+        async with raw.stream:
+            for i in range(MAX_ANNOUNCED_TOPICS + 1):
+                await raw.send(PeerProtocol.topic_added_body(f"t{i}"))
+            assert await closed_by_server(raw.stream)
+        await until(lambda: node.stats().protocol_errors == 1, node)
+        assert node.connections == {}
+
+
+async def test_a_node_holding_more_topics_than_the_cap_announces_all() -> None:
+    async with mesh(2) as (a, b), AsyncExitStack() as stack:
+        for i in range(MAX_ANNOUNCED_TOPICS + 1):
+            await stack.enter_async_context(b.subscribe(f"t{i}"))
+        assert await a.remote_subscribers("any topic at all") == 1
+        assert a.stats().protocol_errors == 0
+        async with TcpTransport(node_id="late", peers=[b.address]) as late:
+            with anyio.fail_after(TIMEOUT):
+                await late.wait_ready()
+            assert await late.remote_subscribers("another topic") == 1  # ALL on connect
+
+
+async def test_messages_go_only_to_peers_subscribed_to_their_topic() -> None:
+    async with mesh(3) as (a, b, _):
+        async with b.subscribe("ps/app#b") as inbox:
+            before = a.stats()
+            await a.publish("ps/app#b", b"for b only")
+            assert await receive(inbox) == b"for b only"
+            after = a.stats()
+            assert after.messages_sent - before.messages_sent == 1
+            assert after.messages_filtered - before.messages_filtered == 1  # not sent to c
+        await a.publish("nobody", b"x")
+        assert a.stats().messages_filtered - after.messages_filtered == 2
+
+
+async def test_a_subscription_made_before_connecting_receives_from_the_first_message() -> None:
+    async with (
+        TcpTransport(node_id="a") as a,
+        TcpTransport(node_id="b") as b,
+        b.subscribe("t") as messages,
+    ):
+        b.add_peer(a.address)
+        # a publishes as soon as it sees the connection, before b's announcement may
+        # have arrived: it sends everything until the announcement is complete.
+        await until(lambda: "b" in a.connections, a)
+        await a.publish("t", b"first")
+        assert await receive(messages) == b"first"
+
+
+# -- floods ----------------------------------------------------------------------------
+
+
+async def idle_clients(address: str, count: int, local_host: str | None = None) -> list[object]:
+    host, port = address.rsplit(":", 1)
+    return [await anyio.connect_tcp(host, int(port), local_host=local_host) for _ in range(count)]
+
+
+async def test_a_flood_of_idle_connections_cannot_lock_a_legitimate_peer_out() -> None:
+    async with TcpTransport(
+        node_id="node",
+        secret="k",
+        handshake_timeout=60,  # the flood is not timed out: only the caps protect
+        max_pending_handshakes=8,
+        max_pending_per_source=4,
+    ) as node:
+        flood = await idle_clients(node.address, 40)
+        try:
+            await until(lambda: node.stats().handshakes_dropped == 36, node)
+            assert node.stats().connections_pending == 4
+            assert await closed_by_server(flood[0])  # the oldest were closed
+            async with TcpTransport(node_id="legit", secret="k", peers=[node.address]) as legit:
+                with anyio.fail_after(5):
+                    await legit.wait_ready()
+                assert "legit" in node.connections
+            stats = node.stats()
+            # The legitimate handshake took one flood connection's place, then finished.
+            assert (stats.handshakes_dropped, stats.connections_pending) == (37, 3)
+            assert stats.auth_failures == 0
+        finally:
+            for client in flood:
+                await client.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_per_source_cap_spares_other_sources() -> None:
+    async with TcpTransport(
+        node_id="node", handshake_timeout=60, max_pending_handshakes=100, max_pending_per_source=4
+    ) as node:
+        try:
+            flood = await idle_clients(node.address, 10, local_host="127.0.0.2")
+        except OSError as exc:
+            pytest.skip(f"cannot bind 127.0.0.2 on this machine: {exc}")
+        try:
+            await until(lambda: node.stats().handshakes_dropped == 6, node)
+            spared = await idle_clients(node.address, 3, local_host="127.0.0.1")
+            await until(lambda: node.stats().connections_pending == 7, node)
+            assert node.stats().handshakes_dropped == 6
+            for client in spared:
+                await client.aclose()  # type: ignore[attr-defined]
+        finally:
+            for client in flood:
+                await client.aclose()  # type: ignore[attr-defined]
+
+
+async def test_failed_handshakes_are_logged_at_info_once_per_interval_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="podshare.transport.tcp"):
+        async with TcpTransport(node_id="node") as node:
+            for _ in range(5):
+                client = await raw_client(node.address)
+                async with client:
+                    await client.send(b"GET / HTTP/1.1\r\n\r\n")
+                    assert await closed_by_server(client)
+            await until(lambda: node.stats().protocol_errors == 5, node)
+    rejected = [r for r in caplog.records if r.getMessage().startswith("rejected peer")]
+    assert len(rejected) == 1  # the other four were suppressed
+    assert rejected[0].levelno == logging.INFO
+    assert "bad magic" in rejected[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_hello_carrying_this_nodes_own_id_is_refused_and_counted() -> None:
+    async with TcpTransport(node_id="node") as node, node.subscribe("t") as messages:
+        impostor = await raw_client(node.address)
+        async with impostor:
+            proto = PeerProtocol("node", nonce=b"i" * 16)
+            await impostor.send(proto.data_to_send())
+            await impostor.send(encode_frame(encode_message_body("t", b"forged")))
+            assert await closed_by_server(impostor)
+        await until(lambda: node.stats().self_hellos == 1, node)
+        assert node.stats().protocol_errors == 0
+        assert node.self_addresses == frozenset()
+        await node.publish("t", b"local")
+        assert await receive(messages) == b"local"  # "forged" never arrived
+
+
+async def test_two_processes_sharing_a_node_id_are_not_taken_for_a_self_dial() -> None:
+    async with (
+        TcpTransport(node_id="same") as first,
+        TcpTransport(node_id="same", peers=[first.address], reconnect_backoff=(0.01, 0.02)) as dup,
+    ):
+        await until(
+            lambda: dup.stats().self_hellos >= 2 and first.stats().self_hellos >= 2, dup, first
+        )
+        # A looped-back connection would mark the address as this node's and stop dialing.
+        assert dup.self_addresses == frozenset()
+        assert first.address in dup.peers
+
+
+async def test_a_replayed_handshake_is_rejected_and_delivers_nothing() -> None:
+    async with TcpTransport(node_id="node", secret=b"k") as node, node.subscribe("t") as messages:
+        # Record everything a legitimate peer sends on one connection...
+        proto = PeerProtocol("peer", nonce=b"p" * 16, secret=b"k")
+        first = await raw_client(node.address)
+        sent = proto.data_to_send()
+        async with first:
+            await first.send(sent)
+            with anyio.fail_after(TIMEOUT):
+                while proto.state is not State.OPEN:
+                    proto.receive_data(await first.receive())
+                    if out := proto.data_to_send():
+                        sent += out
+                        await first.send(out)
+            frame = proto.encode(encode_message_body("t", b"captured"))
+            sent += frame
+            await first.send(frame)
+            assert await receive(messages) == b"captured"
+        await until(lambda: "peer" not in node.connections, node)
+        # ...and replay it on a new one: the node's fresh nonce makes the proof stale.
+        replay = await raw_client(node.address)
+        async with replay:
+            await replay.send(sent)
+            assert await closed_by_server(replay)
+        await until(lambda: node.stats().auth_failures == 1, node)
+        await node.publish("t", b"local")
+        assert await receive(messages) == b"local"  # the replayed message never arrived
+
+
+# -- callbacks -------------------------------------------------------------------------
+
+
+async def test_connect_and_disconnect_callbacks_sync_and_async() -> None:
+    seen: list[tuple[str, str, bool]] = []
+    changed = anyio.Event()
+
+    def on_connect(remote: PeerConnection, inbound: bool) -> None:
+        seen.append(("connect", remote.node_id, inbound))
+        changed.set()
+
+    async def on_disconnect(remote: PeerConnection, inbound: bool) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(("disconnect", remote.node_id, inbound))
+        changed.set()
+
+    async def until_seen(count: int) -> None:
+        nonlocal changed
+        with anyio.fail_after(TIMEOUT):
+            while len(seen) < count:
+                await changed.wait()
+                changed = anyio.Event()
+
+    b_seen: list[tuple[str, bool]] = []
+    async with TcpTransport(node_id="a", on_connect=on_connect, on_disconnect=on_disconnect) as a:
+        async with TcpTransport(
+            node_id="b",
+            peers=[a.address],
+            on_connect=lambda r, inbound: b_seen.append((r.node_id, inbound)),
+            on_disconnect=lambda r, inbound: b_seen.append((f"-{r.node_id}", inbound)),
+        ):
+            await until_seen(1)
+            assert seen == [("connect", "b", True)]
+        # b's own disconnect callback ran while b closed (within close_timeout).
+        assert b_seen == [("a", False), ("-a", False)]
+        await until_seen(2)
+        assert seen == [("connect", "b", True), ("disconnect", "b", True)]
+
+
+async def test_a_failing_callback_is_logged_and_counted_and_the_transport_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(remote: PeerConnection, inbound: bool) -> None:
+        raise RuntimeError("the callback's own bug")
+
+    async with (
+        TcpTransport(node_id="a", on_connect=broken) as a,
+        TcpTransport(node_id="b", peers=[a.address]) as b,
+        b.subscribe("t") as messages,
+    ):
+        await until(lambda: a.stats().callback_errors == 1, a)
+        await a.publish("t", b"still working")
+        assert await receive(messages) == b"still working"
+    assert any(
+        r.exc_info is not None and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records
+    )
+
+
+async def test_on_error_names_host_port_and_cause_of_a_failed_dial(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = closed_port_address()
+    errors: list[PodshareError] = []
+    got = anyio.Event()
+
+    def on_error(exc: PodshareError) -> None:
+        errors.append(exc)
+        got.set()
+
+    with caplog.at_level(logging.INFO, logger="podshare.transport.tcp"):
+        async with TcpTransport(peers=[dead], on_error=on_error, reconnect_backoff=(30, 30)):
+            with anyio.fail_after(TIMEOUT):
+                await got.wait()
+    assert isinstance(errors[0], TransportError)
+    assert str(errors[0]).startswith(f"cannot connect to {dead}: ConnectionRefusedError")
+    assert isinstance(errors[0].__cause__, OSError)
+    lines = [r for r in caplog.records if r.getMessage().startswith("cannot connect")]
+    assert lines[0].levelno == logging.INFO
+    assert dead in lines[0].getMessage()
+
+
+async def test_on_error_receives_rejected_peers() -> None:
+    errors: list[PodshareError] = []
+    got = anyio.Event()
+
+    async def on_error(exc: PodshareError) -> None:
+        errors.append(exc)
+        got.set()
+
+    async with (
+        TcpTransport(secret="right", on_error=on_error) as node,
+        TcpTransport(secret="wrong", peers=[node.address], reconnect_backoff=(30, 30)),
+    ):
+        with anyio.fail_after(TIMEOUT):
+            await got.wait()
+    assert isinstance(errors[0], AuthenticationError)
+    assert str(errors[0]).startswith("peer 127.0.0.1:")
+
+
+async def test_add_peer_and_remove_peer_say_whether_anything_changed() -> None:
+    async with TcpTransport(reconnect_backoff=(30, 30)) as node:
+        dead = closed_port_address()
+        assert node.add_peer(dead) is True
+        assert node.add_peer(dead) is False
+        assert node.remove_peer(dead) is True
+        assert node.remove_peer(dead) is False
+        assert node.peers == ()
+
+
+async def test_the_callback_runner_keeps_order_bounds_its_queue_and_counts() -> None:
+    stats = TcpStats()
+    runner = CallbackRunner(logging.getLogger("test"), stats, limit=3)
+    seen: list[int] = []
+
+    def boom(_: int) -> None:
+        raise ValueError("bug")
+
+    runner.emit(seen.append, 1)
+    runner.emit(boom, 2)
+    runner.emit(seen.append, 3)
+    runner.emit(seen.append, 4)  # the queue holds three: dropped
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        with anyio.fail_after(TIMEOUT):
+            await runner.drain()
+        tg.cancel_scope.cancel()
+    assert seen == [1, 3]
+    assert (stats.callback_errors, stats.callbacks_dropped) == (1, 1)
+
+
+# -- the stall rule --------------------------------------------------------------------
+
+
+async def publish_until(node: TcpTransport, predicate: Callable[[], bool], size: int) -> int:
+    """Publish ``size``-byte messages on "t" until ``predicate()``; return how many."""
+    count = 0
+    with anyio.fail_after(TIMEOUT):
+        while not predicate():
+            await node.publish("t", bytes(size))
+            count += 1
+            assert count < 5000, "the predicate never held"
+    return count
+
+
+async def test_a_burst_above_send_queue_that_drains_does_not_drop_the_peer() -> None:
+    size = 64 * 1024
+    async with TcpTransport(
+        node_id="writer", max_frame_size=size + FRAME_OVERHEAD, send_queue=size, stall_timeout=30
+    ) as writer:
+        reader = await RawPeer.connect(writer.address, "reader", topics=("t",))
+        async with reader.stream:
+            # The reader does not read for a while: the writer's queue passes send_queue...
+            sent = await publish_until(writer, lambda: writer.stats().queued_bytes > 2 * size, size)
+            # ...and then it catches up: it is not dropped, and gets every message.
+            for _ in range(sent):
+                assert await reader.next_event() == Message("t", bytes(size))
+            stats = writer.stats()
+            assert stats.peers_stalled == 0
+            assert "reader" in writer.connections
+            assert stats.queued_bytes_peak > 2 * size
+            await until(lambda: writer.stats().queue_over_limit_seconds > 0, writer)
+
+
+@pytest.mark.parametrize(
+    ("send_queue", "reason"),
+    [(64 * 1024, "stayed above"), (16 * 1024 * 1024, "no progress")],
+    ids=["over-limit", "no-progress"],
+)
+async def test_a_peer_over_its_limit_or_without_progress_for_stall_timeout_is_dropped(
+    send_queue: int, reason: str
+) -> None:
+    size = 64 * 1024
+    errors: list[PodshareError] = []
+    async with TcpTransport(
+        node_id="writer",
+        max_frame_size=size + FRAME_OVERHEAD,
+        send_queue=send_queue,
+        stall_timeout=0.3,
+        on_error=errors.append,
+    ) as writer:
+        stuck = await RawPeer.connect(writer.address, "stuck", topics=("t",))
+        async with stuck.stream:
+            # Enough for the socket buffers to fill and the writer to block.
+            await publish_until(writer, lambda: writer.stats().queued_bytes > 2 * size, size)
+            await until(lambda: writer.stats().peers_stalled == 1, writer)
+            await until(lambda: "stuck" not in writer.connections, writer)
+            assert await closed_by_server(stuck.stream)
+    stalls = [e for e in errors if "stalled" in str(e)]
+    assert len(stalls) == 1
+    assert isinstance(stalls[0], TransportError)
+    assert reason in str(stalls[0])
+
+
+# -- closing ---------------------------------------------------------------------------
+
+
+async def test_closing_flushes_what_is_queued_to_dialed_peers_and_is_idempotent() -> None:
+    size = 64 * 1024
+    multi = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with multi:
+        listener = multi.listeners[0]
+        assert isinstance(listener, anyio.abc.SocketListener)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610
+        async with TcpTransport(node_id="a", max_frame_size=size + FRAME_OVERHEAD) as a:
+            a.add_peer(f"127.0.0.1:{port}")  # a dials the raw peer
+            raw = await RawPeer.over(await listener.accept(), "raw", topics=("t",))
+            async with raw.stream:
+                # The raw peer does not read yet: messages pile up in a's queue.
+                sent = await publish_until(a, lambda: a.stats().queued_bytes > 4 * size, size)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(a.aclose)  # closing waits for the queue to drain...
+                    for _ in range(sent):  # ...while the peer reads everything
+                        assert await raw.next_event() == Message("t", bytes(size))
+                await a.aclose()
+                assert a.state == "closed"
+                assert a.stats().queued_bytes == 0
+                assert await closed_by_server(raw.stream)
+
+
+async def test_close_timeout_bounds_closing_with_a_peer_that_never_reads() -> None:
+    size = 64 * 1024
+    with anyio.fail_after(1.5):  # the default close_timeout (2 s) would not fit
+        async with TcpTransport(
+            node_id="writer", max_frame_size=size + FRAME_OVERHEAD, close_timeout=0.1
+        ) as writer:
+            stuck = await RawPeer.connect(writer.address, "stuck", topics=("t",))
+            async with stuck.stream:
+                await publish_until(writer, lambda: writer.stats().queued_bytes > size, size)
+                await writer.aclose()
+    assert writer.connections == {}

@@ -1,32 +1,43 @@
-"""Hypothesis against the TCP mesh's sans-I/O parser: any bytes give events or a ProtocolError."""
+"""Hypothesis against the TCP mesh's sans-I/O parser: exact outcomes for any bytes.
+
+Every fuzz test here asserts what happens when decoding succeeds too: the frames equal a
+reference splitter's, the events equal those of the same bytes decoded in one piece (so
+chunking never changes the outcome), announced topics equal a model set.
+"""
 
 from __future__ import annotations
 
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podshare.exceptions import DecodeError, FrameTooLarge, ProtocolError
 from podshare.transport._framing import (
+    MAX_TOPIC_BYTES,
     PREAMBLE,
-    Barrier,
-    BarrierAck,
+    AllTopics,
     FrameDecoder,
     Message,
     Opened,
     PeerProtocol,
     Peers,
-    Ping,
     ProtocolEvent,
+    State,
+    TopicAdded,
+    TopicRemoved,
+    TopicsComplete,
     encode_frame,
     encode_message_body,
 )
 
 MAX_FRAME = 4096
-OWN_NONCE = b"\x01" * 16
 
 chunks = st.lists(st.binary(max_size=64), max_size=20)
 topics = st.text(min_size=1, max_size=20)
 messages = st.lists(st.tuples(topics, st.binary(max_size=300)), max_size=10)
+#: Pieces of a stream: raw garbage, or whole frames with random bodies.
+frame_or_garbage = st.one_of(
+    st.binary(max_size=64), st.binary(min_size=1, max_size=80).map(encode_frame)
+)
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -36,144 +47,6 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
         pieces.append(data[start:point])
         start = point
     return pieces
-
-
-# -- an independent model of the wire format, written from _framing's docstring ----------
-#   stream   := b"PSTP" 0x01 frame*         frame := length:u32 body  (1 <= length <= cap)
-#   HELLO    := 1 flags:u8 nonce:16 id_len:u8 id port:u16      (the cap is 512 until open)
-#   MESSAGE  := 3 topic_len:u16 topic payload   PING := 4   BARRIER(_ACK) := 5|6 id:u64
-#   PEERS    := 7 count:u16 (len:u8 address)*
-
-
-def _split_model(stream: bytes, cap: int) -> tuple[list[bytes], type[ProtocolError] | None, int]:
-    """Frames in ``stream``, the error its first bad header raises, and bytes left over."""
-    frames: list[bytes] = []
-    pos = 0
-    while len(stream) - pos >= 4:
-        length = int.from_bytes(stream[pos : pos + 4], "big")
-        if length > cap:
-            return frames, FrameTooLarge, 0
-        if length == 0:
-            return frames, DecodeError, 0
-        if len(stream) - pos - 4 < length:
-            break
-        frames.append(stream[pos + 4 : pos + 4 + length])
-        pos += 4 + length
-    return frames, None, len(stream) - pos
-
-
-def _text(raw: bytes) -> str | None:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return None
-
-
-def _hello_model(body: bytes) -> str | None:
-    """The peer id a HELLO to node "me" (no secret) opens with, or None if it fails."""
-    if len(body) < 19 or body[0] != 1:
-        return None
-    id_len = body[18]
-    peer = _text(body[19 : 19 + id_len])
-    if id_len == 0 or len(body) != 21 + id_len or peer is None or peer == "me":
-        return None
-    if body[1] & 1 or body[2:18] == OWN_NONCE:  # the peer wants a secret; an echoed nonce
-        return None
-    return peer
-
-
-def _peers_model(body: bytes) -> Peers | None:
-    if len(body) < 3 or int.from_bytes(body[1:3], "big") > 1024:
-        return None
-    addresses, pos = [], 3
-    for _ in range(int.from_bytes(body[1:3], "big")):
-        size = body[pos] if pos < len(body) else 0
-        address = _text(body[pos + 1 : pos + 1 + size])
-        if size == 0 or len(body) < pos + 1 + size or address is None:
-            return None
-        addresses.append(address)
-        pos += 1 + size
-    return Peers(tuple(addresses)) if pos == len(body) else None
-
-
-def _body_model(body: bytes) -> ProtocolEvent | None:
-    """The event an open, unauthenticated connection makes of ``body``, or None."""
-    kind = body[0]
-    if kind == 3 and len(body) >= 3:
-        size = int.from_bytes(body[1:3], "big")
-        topic = _text(body[3 : 3 + size])
-        if 1 <= size <= 1024 and len(body) >= 3 + size and topic is not None:
-            return Message(topic, body[3 + size :])
-    if kind == 4 and len(body) == 1:
-        return Ping()
-    if kind in (5, 6) and len(body) == 9:
-        barrier_id = int.from_bytes(body[1:], "big")
-        return Barrier(barrier_id) if kind == 5 else BarrierAck(barrier_id)
-    if kind == 7:
-        return _peers_model(body)
-    return None
-
-
-def _protocol_model(stream: bytes, *, opened: bool) -> tuple[list[ProtocolEvent], bool]:
-    """The events node "me" (no secret) makes of ``stream``, and whether it fails.
-
-    ``opened``: the handshake is already done (no preamble, no HELLO expected).
-    """
-    pos = 0
-    if not opened:
-        if not b"PSTP".startswith(stream[:4]):
-            return [], True
-        if len(stream) < 5:
-            return [], False
-        if stream[4] != 1:
-            return [], True
-        pos = 5
-    events: list[ProtocolEvent] = []
-    while len(stream) - pos >= 4:
-        length = int.from_bytes(stream[pos : pos + 4], "big")
-        if not 1 <= length <= (MAX_FRAME if opened else 512):
-            return events, True
-        if len(stream) - pos - 4 < length:
-            break
-        body = stream[pos + 4 : pos + 4 + length]
-        pos += 4 + length
-        event: ProtocolEvent | None
-        if opened:
-            event = _body_model(body)
-        else:
-            peer = _hello_model(body)
-            event = None if peer is None else Opened(peer)
-            opened = True
-        if event is None:
-            return events, True
-        events.append(event)
-    return events, False
-
-
-def _feed(proto: PeerProtocol, pieces: list[bytes]) -> tuple[list[ProtocolEvent], bool]:
-    """What ``proto`` makes of ``pieces`` fed one by one: events, and whether it failed."""
-    events: list[ProtocolEvent] = []
-    try:
-        for piece in pieces:
-            events += proto.receive_data(piece)
-    except ProtocolError:
-        return events, True
-    return events, False
-
-
-def _hello(node_id: str, *, flags: int = 0, nonce: bytes = b"\x02" * 16) -> bytes:
-    raw = node_id.encode()
-    return bytes([1, flags]) + nonce + bytes([len(raw)]) + raw + (7000).to_bytes(2, "big")
-
-
-# Frames an open connection accepts, for the examples that take the accepting branch.
-VALID_FRAMES = [
-    encode_frame(encode_message_body("t", b"payload")),
-    encode_frame(PeerProtocol.ping_body()),
-    encode_frame(PeerProtocol.barrier_body(7)),
-    encode_frame(PeerProtocol.barrier_ack_body(2**64 - 1)),
-    encode_frame(PeerProtocol.peers_body(["10.0.0.1:7000", "é:1"])),
-]
 
 
 def _opened_pair(secret: bytes | None) -> tuple[PeerProtocol, PeerProtocol]:
@@ -186,27 +59,72 @@ def _opened_pair(secret: bytes | None) -> tuple[PeerProtocol, PeerProtocol]:
     return a, b
 
 
-@given(chunks)
-@example([encode_frame(b"one") + b"\x00\x00", b"\x00\x04\x00two", encode_frame(b"3")[:2]])
-@example([encode_frame(b"x" * MAX_FRAME)[:100], encode_frame(b"x" * MAX_FRAME)[100:]])
-def test_decoder_on_arbitrary_bytes_gives_the_frames_or_a_protocol_error(
-    pieces: list[bytes],
-) -> None:
-    decoder = FrameDecoder(max_frame_size=MAX_FRAME)
+def _reference_frames(data: bytes, cap: int) -> tuple[list[bytes], type[Exception] | None]:
+    """A deliberately naive splitter: the frames ``data`` holds, and the error it ends in."""
     frames: list[bytes] = []
-    error: type[ProtocolError] | None = None
+    pos = 0
+    while len(data) - pos >= 4:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if length > cap:
+            return frames, FrameTooLarge
+        if length == 0:
+            return frames, DecodeError
+        if len(data) - pos - 4 < length:
+            break
+        frames.append(data[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    return frames, None
+
+
+def _feed(
+    proto: PeerProtocol, pieces: list[bytes]
+) -> tuple[list[ProtocolEvent], type[Exception] | None, str]:
+    """Feed ``pieces``; return the events, the error type (if any) and its message."""
+    events: list[ProtocolEvent] = []
     try:
         for piece in pieces:
+            events += proto.receive_data(piece)
+    except ProtocolError as exc:
+        return events, type(exc), str(exc)
+    return events, None, ""
+
+
+def _same_outcome(
+    got: tuple[list[ProtocolEvent], type[Exception] | None, str],
+    whole: tuple[list[ProtocolEvent], type[Exception] | None, str],
+) -> None:
+    """Cutting the bytes differently ends the same way. A call that fails discards the
+    events completed earlier in that call, so on failure the one-piece run may have
+    fewer events: a prefix of the others."""
+    events, error, message = got
+    whole_events, whole_error, whole_message = whole
+    assert (error, message) == (whole_error, whole_message)
+    if error is None:
+        assert events == whole_events
+    else:
+        assert events[: len(whole_events)] == whole_events
+
+
+@given(st.lists(frame_or_garbage, max_size=12), st.lists(st.integers(0, 10**6), max_size=8))
+def test_decoder_matches_a_reference_splitter_on_any_bytes(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(parts)
+    expected, error = _reference_frames(data, MAX_FRAME)
+    decoder = FrameDecoder(max_frame_size=MAX_FRAME)
+    got: list[bytes] = []
+    raised: type[Exception] | None = None
+    try:
+        for piece in _split(data, cuts):
             decoder.feed(piece)
             while (frame := decoder.next_frame()) is not None:
-                frames.append(frame)
+                got.append(frame)
     except ProtocolError as exc:
-        error = type(exc)
-    expected, expected_error, left_over = _split_model(b"".join(pieces), MAX_FRAME)
-    assert frames == expected
-    assert error is expected_error
+        raised = type(exc)
+    assert got == expected
+    assert raised is error
     if error is None:
-        assert decoder.buffered == left_over
+        assert decoder.buffered == len(data) - sum(4 + len(f) for f in got)
 
 
 @given(st.lists(st.binary(min_size=1, max_size=200), max_size=10), st.lists(st.integers(0, 10**6)))
@@ -223,48 +141,59 @@ def test_decoder_round_trips_frames_however_the_stream_is_cut(
     assert got == bodies
 
 
-@given(st.booleans(), chunks)
-@example(True, [encode_frame(_hello("peer")), *VALID_FRAMES])
-@example(True, [encode_frame(_hello("peer"))[:9], encode_frame(_hello("peer"))[9:], b"\x00"])
-@example(True, [encode_frame(_hello("me"))])  # itself
-@example(True, [encode_frame(_hello("peer", flags=1))])  # wants a secret
-@example(True, [encode_frame(_hello("peer", nonce=OWN_NONCE))])  # echoes the nonce
-@example(False, [b"PS", b"TP\x02"])  # a future version
-def test_protocol_fed_garbage_gives_the_events_or_a_protocol_error(
-    with_preamble: bool, pieces: list[bytes]
-) -> None:
-    proto = PeerProtocol("me", nonce=OWN_NONCE, max_frame_size=MAX_FRAME)
-    if with_preamble:
-        pieces = [PREAMBLE, *pieces]
-    events, failed = _feed(proto, pieces)
-    expected, expected_failed = _protocol_model(b"".join(pieces), opened=False)
-    assert failed == expected_failed
-    if failed:
-        # The events of the call that raised are lost with it: a prefix remains.
-        assert events == expected[: len(events)]
-    else:
-        assert events == expected
+_HELLO = PeerProtocol("peer", nonce=b"\x07" * 16).data_to_send()  # preamble + a valid HELLO
 
 
-@given(st.booleans(), chunks)
-@example(False, VALID_FRAMES)
-@example(False, [b"".join(VALID_FRAMES)[:-1]])
-@example(True, [encode_frame(b"\x04" + bytes(32))])  # a MAC nobody computed
-def test_open_connection_fed_garbage_gives_the_events_or_a_protocol_error(
-    secret: bool, pieces: list[bytes]
+@given(
+    st.sampled_from([b"", PREAMBLE, _HELLO]),
+    st.lists(frame_or_garbage, max_size=10),
+    st.lists(st.integers(0, 10**6), max_size=8),
+)
+def test_a_new_connection_decodes_any_bytes_the_same_however_they_are_cut(
+    prefix: bytes, parts: list[bytes], cuts: list[int]
 ) -> None:
-    _, b = _opened_pair(b"k" if secret else None)
-    events, failed = _feed(b, pieces)
-    stream = b"".join(pieces)
+    data = prefix + b"".join(parts)
+
+    def fresh() -> PeerProtocol:
+        return PeerProtocol("me", nonce=b"\x01" * 16, max_frame_size=MAX_FRAME)
+
+    whole = fresh()
+    expected = _feed(whole, [data])
+    pieces = fresh()
+    _same_outcome(_feed(pieces, _split(data, cuts)), expected)
+    assert pieces.state is whole.state
+    events, error, _ = _feed(fresh(), [bytes([b]) for b in data])  # byte by byte: all events
+    assert (error is not None) == (whole.state is State.FAILED)
+    if prefix == _HELLO:
+        assert events[0] == Opened("peer")
+    # Nothing surfaces before a HELLO opened the connection, and it opens only once.
+    assert not events or isinstance(events[0], Opened)
+    assert sum(isinstance(e, Opened) for e in events) <= 1
+
+
+@given(
+    st.booleans(),
+    st.lists(frame_or_garbage, max_size=10),
+    st.lists(st.integers(0, 10**6), max_size=8),
+)
+def test_an_open_connection_decodes_any_bytes_the_same_however_they_are_cut(
+    secret: bool, parts: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(parts)
+    _, whole = _opened_pair(b"k" if secret else None)
+    expected = _feed(whole, [data])
+    _, pieces = _opened_pair(b"k" if secret else None)
+    _same_outcome(_feed(pieces, _split(data, cuts)), expected)
+    _, bytewise = _opened_pair(b"k" if secret else None)
+    events, error, _ = _feed(bytewise, [bytes([b]) for b in data])
     if secret:
-        # Without the key no frame can carry a valid MAC: any whole frame fails.
-        frames, error, _ = _split_model(stream, MAX_FRAME)
+        # Without the key nothing random can pass the MAC: no event ever surfaces.
         assert events == []
-        assert failed == (bool(frames) or error is not None)
-        return
-    expected, expected_failed = _protocol_model(stream, opened=True)
-    assert failed == expected_failed
-    assert events == (expected[: len(events)] if failed else expected)
+        assert error is not None or not data or pieces.pending == len(data)
+    for event in events:
+        if isinstance(event, Message):
+            assert event.topic.encode() in data
+            assert event.payload in data
 
 
 @settings(max_examples=50)
@@ -306,3 +235,54 @@ def test_peers_frames_round_trip(addresses: list[str]) -> None:
     assert b.receive_data(a.encode(PeerProtocol.peers_body(addresses))) == [
         Peers(tuple(x for x in addresses if len(x.encode()) <= 255))
     ]
+
+
+_topic_names = st.sampled_from(["ps/a", "ps/a#n1", "ps/b", "é", "t" * MAX_TOPIC_BYTES])
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), _topic_names),
+        st.tuples(st.just("remove"), _topic_names),
+        st.tuples(st.just("all"), st.just("")),
+        st.tuples(st.just("complete"), st.just("")),
+    ),
+    max_size=30,
+)
+
+
+@given(st.booleans(), _ops, st.lists(st.integers(0, 10**6), max_size=8))
+def test_announced_topics_follow_a_model_set(
+    secret: bool, ops: list[tuple[str, str]], cuts: list[int]
+) -> None:
+    a, b = _opened_pair(b"k" if secret else None)
+    bodies = {
+        "add": PeerProtocol.topic_added_body,
+        "remove": PeerProtocol.topic_removed_body,
+        "all": lambda _: PeerProtocol.all_topics_body(),
+        "complete": lambda _: PeerProtocol.topics_complete_body(),
+    }
+    stream = b"".join(a.encode(bodies[op](topic)) for op, topic in ops)
+    got: list[ProtocolEvent] = []
+    for piece in _split(stream, cuts):
+        got += b.receive_data(piece)
+    expected_events: list[ProtocolEvent] = []
+    model: set[str] = set()
+    everything = complete = False
+    for op, topic in ops:
+        if op == "add":
+            expected_events.append(TopicAdded(topic))
+            if not everything:
+                model.add(topic)
+        elif op == "remove":
+            expected_events.append(TopicRemoved(topic))
+            model.discard(topic)
+        elif op == "all":
+            expected_events.append(AllTopics())
+            everything, model = True, set()
+        else:
+            expected_events.append(TopicsComplete())
+            complete = True
+    assert got == expected_events
+    assert b.peer_topics == model
+    assert (b.peer_all_topics, b.peer_topics_complete) == (everything, complete)
+    for topic in ["ps/a", "ps/b", "never"]:
+        assert b.peer_subscribes(topic) == (not complete or everything or topic in model)

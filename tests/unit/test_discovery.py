@@ -6,10 +6,11 @@ import socket
 from collections.abc import Iterable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from podshare.exceptions import ClosedError, ConfigurationError
-from podshare.transport import DNSDiscoverer
+from podshare.exceptions import ClosedError, ConfigurationError, PodshareError, TransportError
+from podshare.transport import DNSDiscoverer, DNSStats
 
 pytestmark = pytest.mark.anyio
 
@@ -32,19 +33,21 @@ class FakePeers:
             raise ClosedError("not listening")
         return self._address
 
-    def add_peer(self, address: str) -> None:
+    def add_peer(self, address: str) -> bool:
         assert address not in self._peers
         self._peers.append(address)
+        return True
 
-    def remove_peer(self, address: str) -> None:
+    def remove_peer(self, address: str) -> bool:
         self._peers.remove(address)
+        return True
 
 
 class FakeDNS:
     """A resolver whose answer the test changes; counts and signals lookups."""
 
     def __init__(self, *answer: str) -> None:
-        self.answer: list[str] | Exception = list(answer)
+        self.answer: list[object] | BaseException = list(answer)
         self.lookups = 0
         self.looked_up = anyio.Event()
 
@@ -94,7 +97,7 @@ async def test_failed_resolution_keeps_the_current_peers() -> None:
     await discoverer.reconcile(peers)
     dns.answer = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     assert await discoverer.reconcile(peers) == (set(), set())
-    assert discoverer.failures == 1
+    assert discoverer.stats() == DNSStats(resolutions=2, resolution_failures=1, peers_added=2)
     assert set(peers.peers) == {"10.0.0.2:7000", "10.0.0.3:7000"}
 
 
@@ -133,6 +136,91 @@ async def test_run_is_cancellable_in_a_task_group() -> None:
     assert peers.peers == ("10.0.0.2:7000",)
 
 
+class ResolverBug(Exception):
+    """Not an OSError nor a ValueError: what a custom resolver's own bug raises."""
+
+
+@pytest.mark.parametrize("sync_callback", [True, False], ids=["sync", "async"])
+async def test_run_survives_any_resolver_exception_and_reports_it(sync_callback: bool) -> None:
+    dns = FakeDNS("10.0.0.2")
+    peers = FakePeers()
+    reported: list[PodshareError] = []
+    reported_event = anyio.Event()
+
+    def record(exc: PodshareError) -> None:
+        reported.append(exc)
+        reported_event.set()
+
+    async def record_async(exc: PodshareError) -> None:
+        await anyio.lowlevel.checkpoint()
+        record(exc)
+
+    discoverer = DNSDiscoverer(
+        "podshare.ns.svc",
+        7000,
+        interval=0.01,
+        resolver=dns,
+        on_error=record if sync_callback else record_async,
+    )
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(discoverer.run, peers)
+            while dns.lookups < 1:
+                await dns.looked_up.wait()
+            dns.answer = ResolverBug("the resolver's own bug")
+            await reported_event.wait()
+            dns.answer = ["10.0.0.3"]  # run() is still going: the next answer is applied
+            while peers.peers != ("10.0.0.3:7000",):
+                await dns.looked_up.wait()
+            tg.cancel_scope.cancel()
+    assert isinstance(reported[0], TransportError)
+    assert isinstance(reported[0].__cause__, ResolverBug)
+    assert "podshare.ns.svc:7000" in str(reported[0])
+    assert "ResolverBug: the resolver's own bug" in str(reported[0])
+    stats = discoverer.stats()
+    assert stats.resolution_failures >= 1
+    assert stats.callback_errors == 0
+    assert (stats.peers_added, stats.peers_removed) == (2, 1)
+
+
+async def test_a_failing_on_error_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    dns = FakeDNS()
+    dns.answer = KeyError("boom")
+
+    def broken(exc: PodshareError) -> None:
+        raise RuntimeError("the callback's own bug")
+
+    discoverer = DNSDiscoverer("podshare.ns.svc", 7000, resolver=dns, on_error=broken)
+    assert await discoverer.reconcile(FakePeers()) == (set(), set())
+    assert discoverer.stats().callback_errors == 1
+    assert any(
+        r.exc_info is not None and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records
+    )
+
+
+async def test_unusable_entries_of_an_answer_are_skipped_and_counted() -> None:
+    dns = FakeDNS("", "10.0.0.2")
+    peers = FakePeers()
+    discoverer = DNSDiscoverer("podshare.ns.svc", 7000, resolver=dns)
+    assert await discoverer.reconcile(peers) == ({"10.0.0.2:7000"}, set())
+    assert discoverer.stats().addresses_refused == 1
+
+
+async def test_cancelling_a_resolution_is_not_a_failure() -> None:
+    started = anyio.Event()
+
+    async def hanging(host: str, port: int) -> list[str]:
+        started.set()
+        await anyio.sleep_forever()
+
+    discoverer = DNSDiscoverer("podshare.ns.svc", 7000, resolver=hanging)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(discoverer.reconcile, FakePeers())
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert discoverer.stats() == DNSStats(resolutions=1)
+
+
 def test_bad_options() -> None:
     with pytest.raises(ConfigurationError):
         DNSDiscoverer("", 7000)
@@ -140,3 +228,5 @@ def test_bad_options() -> None:
         DNSDiscoverer("svc", 0)
     with pytest.raises(ConfigurationError):
         DNSDiscoverer("svc", 7000, interval=0)
+    with pytest.raises(ConfigurationError):
+        DNSDiscoverer("svc", 7000, on_error="print")  # type: ignore[arg-type]

@@ -8,8 +8,11 @@ from podshare.exceptions import AuthenticationError, DecodeError, FrameTooLarge,
 from podshare.transport._framing import (
     HANDSHAKE_MAX_FRAME_SIZE,
     MAC_SIZE,
+    MAX_ANNOUNCED_TOPIC_BYTES,
+    MAX_ANNOUNCED_TOPICS,
     MAX_TOPIC_BYTES,
     PREAMBLE,
+    AllTopics,
     Barrier,
     BarrierAck,
     FrameDecoder,
@@ -19,16 +22,24 @@ from podshare.transport._framing import (
     Peers,
     Ping,
     State,
+    TopicAdded,
+    TopicRemoved,
+    TopicsComplete,
+    check_topic,
     encode_frame,
     encode_message_body,
 )
 
 
 def make_pair(
-    secret_a: bytes | None = None, secret_b: bytes | None = None
+    secret_a: bytes | None = None,
+    secret_b: bytes | None = None,
+    *,
+    a_announces: bool = True,
+    b_announces: bool = True,
 ) -> tuple[PeerProtocol, PeerProtocol]:
-    a = PeerProtocol("node-a", nonce=b"A" * 16, secret=secret_a)
-    b = PeerProtocol("node-b", nonce=b"B" * 16, secret=secret_b)
+    a = PeerProtocol("node-a", nonce=b"A" * 16, secret=secret_a, announces_topics=a_announces)
+    b = PeerProtocol("node-b", nonce=b"B" * 16, secret=secret_b, announces_topics=b_announces)
     return a, b
 
 
@@ -97,6 +108,8 @@ def test_message_body_rejects_bad_topics() -> None:
         encode_message_body("", b"x")
     with pytest.raises(DecodeError):
         encode_message_body("t" * (MAX_TOPIC_BYTES + 1), b"x")
+    with pytest.raises(DecodeError, match="UTF-8"):
+        check_topic("\ud800")  # a lone surrogate cannot be encoded
     assert encode_message_body("t" * MAX_TOPIC_BYTES, b"")
 
 
@@ -322,3 +335,116 @@ def test_constructor_validates_its_inputs() -> None:
         PeerProtocol("a", nonce=b"A" * 16, secret=b"")
     with pytest.raises(ValueError):
         FrameDecoder(0)
+
+
+# -- subscription announcements (TOPIC frames) -----------------------------------------
+
+
+def announce(a: PeerProtocol, *bodies: bytes) -> bytes:
+    return b"".join(a.encode(body) for body in bodies)
+
+
+@pytest.mark.parametrize("secret", [None, b"k"], ids=["plain", "secret"])
+def test_topic_frames_round_trip_and_keep_the_announced_set(secret: bytes | None) -> None:
+    a, b = make_pair(secret, secret)
+    handshake(a, b)
+    assert b.peer_announces_topics
+    # Until the initial announcement is complete, everything is sent to the peer.
+    assert b.peer_subscribes("anything")
+    events = b.receive_data(
+        announce(
+            a,
+            PeerProtocol.topic_added_body("ps/app"),
+            PeerProtocol.topic_added_body("ps/app#node-a"),
+            PeerProtocol.topics_complete_body(),
+        )
+    )
+    assert events == [TopicAdded("ps/app"), TopicAdded("ps/app#node-a"), TopicsComplete()]
+    assert b.peer_topics == {"ps/app", "ps/app#node-a"}
+    assert b.peer_subscribes("ps/app")
+    assert not b.peer_subscribes("ps/other")
+    assert b.receive_data(a.encode(PeerProtocol.topic_removed_body("ps/app"))) == [
+        TopicRemoved("ps/app")
+    ]
+    assert not b.peer_subscribes("ps/app")
+    # Removing what was never announced is harmless; ALL counts the peer everywhere.
+    assert b.receive_data(a.encode(PeerProtocol.topic_removed_body("never"))) == [
+        TopicRemoved("never")
+    ]
+    assert b.receive_data(a.encode(PeerProtocol.all_topics_body())) == [AllTopics()]
+    assert b.peer_all_topics
+    assert b.peer_topics == set()
+    assert b.peer_subscribes("ps/other")
+
+
+def test_a_peer_that_does_not_announce_gets_everything_and_may_not_send_topics() -> None:
+    a, b = make_pair(a_announces=False)
+    handshake(a, b)
+    assert not b.peer_announces_topics
+    assert a.peer_announces_topics
+    assert b.peer_subscribes("t")
+    with pytest.raises(DecodeError, match="did not announce"):
+        b.receive_data(a.encode(PeerProtocol.topic_added_body("t")))
+
+
+def test_announced_topics_are_capped_by_count() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    for i in range(MAX_ANNOUNCED_TOPICS):
+        b.receive_data(a.encode(PeerProtocol.topic_added_body(f"t{i}")))
+    # Announcing one already known again takes no room.
+    assert b.receive_data(a.encode(PeerProtocol.topic_added_body("t0"))) == [TopicAdded("t0")]
+    with pytest.raises(ProtocolError, match=f"more than {MAX_ANNOUNCED_TOPICS} topics"):
+        b.receive_data(a.encode(PeerProtocol.topic_added_body("one-too-many")))
+    assert b.state is State.FAILED
+    assert len(b.peer_topics) == MAX_ANNOUNCED_TOPICS
+
+
+def test_announced_topics_are_capped_by_bytes_and_removal_frees_room() -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    fitting = MAX_ANNOUNCED_TOPIC_BYTES // MAX_TOPIC_BYTES
+    names = [f"{i:04d}".ljust(MAX_TOPIC_BYTES, "x") for i in range(fitting + 1)]
+    for name in names[:fitting]:
+        b.receive_data(a.encode(PeerProtocol.topic_added_body(name)))
+    b.receive_data(a.encode(PeerProtocol.topic_removed_body(names[0])))
+    b.receive_data(a.encode(PeerProtocol.topic_added_body(names[fitting])))  # fits again
+    with pytest.raises(ProtocolError, match=f"more than {MAX_ANNOUNCED_TOPIC_BYTES} bytes"):
+        b.receive_data(a.encode(PeerProtocol.topic_added_body(names[0])))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x08",  # no operation
+        b"\x08\x09t",  # unknown operation
+        b"\x08\x01",  # ADD without a topic
+        b"\x08\x02",  # REMOVE without a topic
+        b"\x08\x03x",  # ALL carries nothing
+        b"\x08\x04x",  # COMPLETE carries nothing
+        b"\x08\x01\xff\xfe",  # not UTF-8
+        b"\x08\x01" + b"t" * (MAX_TOPIC_BYTES + 1),  # too long
+    ],
+)
+def test_malformed_topic_frames_are_decode_errors(body: bytes) -> None:
+    a, b = make_pair()
+    handshake(a, b)
+    with pytest.raises(DecodeError):
+        b.receive_data(a.encode(body))
+
+
+def test_topic_bodies_refuse_bad_topics() -> None:
+    with pytest.raises(DecodeError):
+        PeerProtocol.topic_added_body("")
+    with pytest.raises(DecodeError):
+        PeerProtocol.topic_removed_body("t" * (MAX_TOPIC_BYTES + 1))
+
+
+def test_a_refused_self_hello_still_records_the_peer_nonce() -> None:
+    a = PeerProtocol("same", nonce=b"A" * 16)
+    other = PeerProtocol("same", nonce=b"B" * 16)
+    assert a.peer_nonce == b""
+    with pytest.raises(ProtocolError):
+        a.receive_data(other.data_to_send())
+    assert a.self_connection
+    assert a.peer_nonce == b"B" * 16  # lets the transport tell its own loop from a duplicate
