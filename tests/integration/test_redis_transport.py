@@ -129,7 +129,7 @@ async def test_message_too_large_never_reaches_redis(redis_server: RedisServer) 
                     break
         # The first message Redis delivered is the one within the limit.
         assert seen == [b"x" * 1024]
-        assert tr.statistics().connected
+        assert tr.stats().connected
     await raw.aclose()
 
 
@@ -142,7 +142,7 @@ async def test_unsubscribe_stops_delivery_at_redis(redis_server: RedisServer) ->
             assert dict(await raw.pubsub_numsub(channel))[channel.encode()] == 1
             await tr.publish("gone", b"1")
             assert await _next(messages) == b"1"
-        assert tr.statistics().channels == 0
+        assert tr.stats().channels == 0
         # Commands on the pub/sub connection are ordered: once this later SUBSCRIBE is
         # confirmed, Redis has processed the UNSUBSCRIBE before it.
         async with tr.subscribe("other"):
@@ -187,7 +187,7 @@ async def test_slow_subscriber_drops_and_reports_a_gap(redis_server: RedisServer
                 # Once the fast subscription has it, the reader dispatched it to both.
                 assert await _next(fast) == b"%d" % i
             assert [await _next(slow), await _next(slow)] == [b"0", b"1"]
-        stats = tr.statistics()
+        stats = tr.stats()
     assert stats.messages_dropped == 3
     assert gaps == 1
 
@@ -306,7 +306,7 @@ async def test_reconnects_resubscribes_and_reports_a_gap(
                 await other_gap.wait()
             for remove in removers:
                 remove()
-            stats = tr.statistics()
+            stats = tr.stats()
             assert stats.connected
             assert stats.reconnects == round_ + 1
             assert stats.channels == 2
