@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import random
 import ssl
 import time
@@ -248,7 +249,15 @@ def _require_asyncio(library: str | None) -> None:
 
 
 def _cause(exc: BaseException, timeout: float | None = None) -> str:
-    """What went wrong, for an error message: the exception's type and text."""
+    """What went wrong, for an error message: the OS error if there is one, else the
+    exception's type and text."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain redis-py builds is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno:
+            return f"{os.strerror(seen.errno)} (errno {seen.errno})"
+        seen = seen.__cause__ or seen.__context__
     if isinstance(exc, TimeoutError) and not str(exc):
         return f"no answer within {timeout} s" if timeout is not None else "timed out"
     text = str(exc)
