@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from podshare import Store
 from podshare.exceptions import TransportError
-from podshare.transport import RedisTransport
+from podshare.transport import RedisRemote, RedisTransport
 from tests.integration.conftest import (
     MASTER_PASSWORD,
     SENTINEL_PASSWORD,
@@ -210,3 +210,38 @@ async def test_publishing_client_follows_the_master(sentinel_group: SentinelGrou
                         assert message["data"] == b"after"
                         break
         await new_master.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_planned_failover_moves_the_transport_to_the_new_master(
+    sentinel_group: SentinelGroup,
+) -> None:
+    """SENTINEL FAILOVER demotes a master that stays alive: the transport leaves it (its
+    sentinel check) and follows the new master, reporting a gap."""
+    connects: list[RedisRemote] = []
+    async with (
+        _transport(
+            sentinel_group,
+            "s3",
+            health_check_interval=0.2,
+            on_connect=lambda remote, inbound: connects.append(remote),
+        ) as tr,
+        tr.subscribe("t") as messages,
+    ):
+        gap = anyio.Event()
+        tr.add_gap_listener(gap.set)
+        sentinel = aioredis.Redis(port=sentinel_group.sentinels[0].port, password=SENTINEL_PASSWORD)
+        assert await sentinel.sentinel_failover(SENTINEL_SERVICE)
+        await sentinel.aclose()
+        with anyio.fail_after(TIMEOUT):
+            await gap.wait()
+            await tr.wait_ready()
+        assert tr.remote is not None
+        assert tr.remote.port == sentinel_group.replica.port
+        assert [remote.port for remote in connects] == [
+            sentinel_group.master.port,
+            sentinel_group.replica.port,
+        ]
+        await tr.publish("t", b"on the new master")
+        with anyio.fail_after(10):
+            assert await anext(messages) == b"on the new master"
