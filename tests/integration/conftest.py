@@ -9,7 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -261,8 +261,8 @@ class SentinelGroup:
             while True:
                 try:
                     if all(
-                        len(c.sentinel_slaves(SENTINEL_SERVICE)) == 1
-                        and len(c.sentinel_sentinels(SENTINEL_SERVICE)) == 2
+                        len(cast(list[Any], c.sentinel_slaves(SENTINEL_SERVICE))) == 1
+                        and len(cast(list[Any], c.sentinel_sentinels(SENTINEL_SERVICE))) == 2
                         for c in clients
                     ):
                         return
@@ -284,7 +284,9 @@ class SentinelGroup:
                 continue
             client = redis.Redis(port=s.port, password=SENTINEL_PASSWORD, socket_timeout=1)
             try:
-                host, port = client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+                host, port = cast(
+                    tuple[Any, Any], client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+                )
                 return str(host, "ascii") if isinstance(host, bytes) else host, int(port)
             except redis.RedisError:
                 continue

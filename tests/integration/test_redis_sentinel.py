@@ -181,8 +181,12 @@ async def test_stores_keep_every_acknowledged_write_across_a_failover(
                 )
 
             for store in stores:
+
+                def holds_every_write(store: Store[int] = store) -> bool:
+                    return store.snapshot() == expected_all
+
                 await _until(store, converged)
-                await _until(store, lambda store=store: store.snapshot() == expected_all)
+                await _until(store, holds_every_write)
         for tr in (ta, tb):
             stats = tr.stats()
             assert stats.connected

@@ -358,7 +358,7 @@ def test_bad_options_raise_configuration_error() -> None:
         {"url": "http://localhost"},
     ):
         with pytest.raises(ConfigurationError):
-            RedisTransport(**kwargs)  # type: ignore[arg-type]
+            RedisTransport(**kwargs)
     with pytest.raises(ConfigurationError, match="rediss"):
         RedisTransport("redis://localhost", ssl_context=ssl.create_default_context())
     with pytest.raises(ConfigurationError, match="client"):
@@ -466,7 +466,7 @@ async def test_stats_count_traffic_and_statistics_is_a_deprecated_alias(
         assert (stats.messages_received, stats.bytes_received) == (1, 5)
         assert (stats.connected, stats.channels, stats.reconnects) == (True, 1, 0)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            stats.messages_sent = 0  # type: ignore[misc]
+            stats.messages_sent = 0
         with pytest.warns(DeprecationWarning, match=r"stats\(\)"):
             assert tr.statistics() == tr.stats()
     assert tr.stats().connected is False
@@ -478,9 +478,9 @@ def test_redis_statistics_is_a_deprecated_alias_of_redis_stats() -> None:
     import podshare.transport.redis
 
     with pytest.warns(DeprecationWarning, match="RedisStats"):
-        assert podshare.transport.redis.RedisStatistics is RedisStats  # type: ignore[attr-defined]
+        assert podshare.transport.redis.RedisStatistics is RedisStats
     with pytest.warns(DeprecationWarning, match="RedisStats"):
-        assert podshare.transport.RedisStatistics is RedisStats  # type: ignore[attr-defined]
+        assert podshare.transport.RedisStatistics is RedisStats
 
 
 def test_close_timeout_is_validated() -> None:
@@ -816,7 +816,7 @@ def test_cluster_and_sentinel_urls_and_clients_get_clear_errors() -> None:
         {"db": -1},
     ):
         with pytest.raises(ConfigurationError):
-            RedisTransport(**kwargs)  # type: ignore[arg-type]
+            RedisTransport(**kwargs)
 
 
 # -- falling behind ------------------------------------------------------------------------
