@@ -154,7 +154,8 @@ class RedisRemote:
     Handed to ``on_connect(remote, inbound)`` and ``on_disconnect(remote, inbound)``.
 
     Attributes:
-        address: ``"host:port"``, or the socket path of a ``unix://`` URL.
+        address: ``"host:port"`` (``"[host]:port"`` for an IPv6 address), or the socket
+            path of a ``unix://`` URL.
         host: the host name or IP address (the socket path for a Unix socket).
         port: the TCP port; ``None`` for a Unix socket.
         service_name: the Sentinel service this server is the master of, or ``None``.
@@ -268,7 +269,11 @@ def _address(kwargs: Mapping[str, Any]) -> str:
     """``host:port`` (or the socket path) that a connection built from ``kwargs`` dials."""
     if kwargs.get("path"):
         return str(kwargs["path"])
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return _host_port(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _prefix(channel_prefix: str, db: int) -> str:
@@ -661,7 +666,8 @@ class RedisTransport(Service):
             return
         closers: list[Callable[[], Any]] = [self._client.aclose]
         if self._sentinel is not None:
-            closers.append(self._sentinel.aclose)
+            # Each sentinel client on its own: Sentinel.aclose() is recent in redis-py.
+            closers.extend(sentinel.aclose for sentinel in self._sentinel.sentinels)
         for close in closers:
             try:
                 await close()
@@ -913,7 +919,7 @@ class RedisTransport(Service):
             return RedisRemote(conn.path, conn.path, None, self._sentinel_service)
         host = str(getattr(conn, "host", "localhost"))
         port = int(getattr(conn, "port", 6379))
-        return RedisRemote(f"{host}:{port}", host, port, self._sentinel_service)
+        return RedisRemote(_host_port(host, port), host, port, self._sentinel_service)
 
     async def _run(
         self, conn: AbstractConnection, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -759,6 +759,10 @@ async def test_connect_error_names_host_port_and_cause() -> None:
     assert "127.0.0.1:1" in message
     assert "refused" in message.lower()
     assert "network:ConnectionError" not in message
+    # An IPv6 address is bracketed, so the port stays readable (whatever the cause).
+    with pytest.raises(TransportError, match=r"at \[::1\]:1: "):
+        async with RedisTransport("redis://[::1]:1/0", timeout=2):
+            pass
 
 
 @pytest.mark.anyio
