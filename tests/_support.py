@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio
 import anyio.lowlevel
@@ -338,11 +338,20 @@ async def read_until(
     raise AssertionError(f"no {marker!r} within {timeout:g} s; the stream said:\n{seen}")
 
 
-def _ping(port: int) -> bool:
+def _ping(port: int, password: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            if password is None:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"
     except OSError:
         return False
 
@@ -354,16 +363,18 @@ class RedisServer:
     would after a real Redis restart or failover.
     """
 
-    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+    def __init__(
+        self, binary: str, port: int, workdir: Path, *, password: str | None = None
+    ) -> None:
         self.binary = binary
         self.port = port
         self.workdir = workdir
+        self.password = password  # the readiness probe authenticates with it
         self.url = f"redis://127.0.0.1:{port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def running(self) -> bool:
-        """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
     @property
@@ -372,12 +383,22 @@ class RedisServer:
         assert self._process is not None, "not running"
         return self._process
 
-    def start(self, *extra: str) -> None:
-        """Start the server and return once it answers PING (or fail after 10 s)."""
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    def start(self, *extra: str, config: Path | None = None) -> None:
+        """Start the server and return once it answers PING (or fail after 10 s).
+
+        ``config`` is a configuration file given before the options (a sentinel needs
+        one it can rewrite).
+        """
         assert not self.running, "already running"
         self._process = subprocess.Popen(
             [
                 self.binary,
+                *([str(config)] if config is not None else []),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -397,7 +418,7 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         # Readiness of a child process: poll its port until it answers, bounded in time.
-        while not _ping(self.port):
+        while not _ping(self.port, self.password):
             if self._process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self._process.returncode}")
             if time.monotonic() > deadline:
@@ -417,3 +438,112 @@ class RedisServer:
         """Kill the server and start a fresh, empty one on the same port."""
         self.kill()
         self.start()
+
+
+# -- Redis Sentinel ------------------------------------------------------------------------
+# A master, one replica and three sentinels, all on free loopback ports, all with
+# passwords (the servers' and the sentinels' differ, so a test shows they are kept apart).
+
+SENTINEL_SERVICE = "mymaster"
+MASTER_PASSWORD = "master-secret"  # noqa: S105  # a throwaway test server's
+SENTINEL_PASSWORD = "sentinel-secret"  # noqa: S105  # likewise
+
+
+class SentinelGroup:
+    """A Sentinel-managed master/replica pair: ``master``, ``replica``, ``sentinels``."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.master = RedisServer(binary, free_port(), workdir / "master", password=MASTER_PASSWORD)
+        self.replica = RedisServer(
+            binary, free_port(), workdir / "replica", password=MASTER_PASSWORD
+        )
+        self.sentinels = [
+            RedisServer(binary, free_port(), workdir / f"sentinel-{i}", password=SENTINEL_PASSWORD)
+            for i in range(3)
+        ]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """``[(host, port), ...]`` of the sentinels."""
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.master, self.replica, *self.sentinels]
+
+    def start(self) -> None:
+        auth = ("--requirepass", MASTER_PASSWORD, "--masterauth", MASTER_PASSWORD)
+        for server in self.servers:
+            server.workdir.mkdir(parents=True, exist_ok=True)
+        self.master.start(*auth)
+        self.replica.start(*auth, "--replicaof", "127.0.0.1", str(self.master.port))
+        for sentinel in self.sentinels:
+            config = sentinel.workdir / "sentinel.conf"
+            config.write_text(
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 500\n"
+                f"sentinel failover-timeout {SENTINEL_SERVICE} 4000\n"
+                f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+                f"sentinel auth-pass {SENTINEL_SERVICE} {MASTER_PASSWORD}\n"
+                f"sentinel sentinel-pass {SENTINEL_PASSWORD}\n"
+                f"requirepass {SENTINEL_PASSWORD}\n"
+            )
+            sentinel.start("--sentinel", config=config)
+        self._wait_until_monitored()
+
+    def _wait_until_monitored(self, timeout: float = 30.0) -> None:
+        """Poll until every sentinel knows the replica and the two other sentinels.
+
+        Sentinels find each other through hello messages every 2 s; a failover before
+        that cannot reach its quorum. Readiness of child processes: polled, bounded.
+        """
+        import redis
+
+        deadline = time.monotonic() + timeout
+        clients = [
+            redis.Redis(port=s.port, password=SENTINEL_PASSWORD, socket_timeout=1)
+            for s in self.sentinels
+        ]
+        try:
+            while True:
+                try:
+                    if all(
+                        len(cast(list[Any], c.sentinel_slaves(SENTINEL_SERVICE))) == 1
+                        and len(cast(list[Any], c.sentinel_sentinels(SENTINEL_SERVICE))) == 2
+                        for c in clients
+                    ):
+                        return
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the sentinels did not discover each other in time")
+                time.sleep(0.1)
+        finally:
+            for c in clients:
+                c.close()
+
+    def master_address(self) -> tuple[str, int]:
+        """The master's address as the first answering sentinel reports it."""
+        import redis
+
+        for s in self.sentinels:
+            if not s.running:
+                continue
+            client = redis.Redis(port=s.port, password=SENTINEL_PASSWORD, socket_timeout=1)
+            try:
+                host, port = cast(
+                    tuple[Any, Any], client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+                )
+                return str(host, "ascii") if isinstance(host, bytes) else host, int(port)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError("no sentinel answers")
+
+    def stop(self) -> None:
+        """Kill every process of the group (by its pid) and reap it."""
+        for server in self.servers:
+            server.kill()

@@ -33,7 +33,8 @@ __all__ = [
     "MemoryTransport",
     "MemoryTransportStats",
     "PeerConnection",
-    "RedisStatistics",
+    "RedisRemote",
+    "RedisStats",
     "RedisTransport",
     "SubscriberCounting",
     "TcpStats",
@@ -42,14 +43,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from podshare.transport.redis import RedisStatistics as RedisStatistics
+    from podshare.transport.redis import RedisRemote as RedisRemote
+    from podshare.transport.redis import RedisStats as RedisStats
     from podshare.transport.redis import RedisTransport as RedisTransport
 
 
 def __getattr__(name: str) -> object:
     # The Redis transport needs the optional ``redis`` extra: import it on first use, so
     # ``import podshare.transport`` works without redis-py installed.
-    if name in ("RedisTransport", "RedisStatistics"):
+    # RedisStatistics is the deprecated name of RedisStats (it warns, from that module).
+    if name in ("RedisTransport", "RedisStats", "RedisRemote", "RedisStatistics"):
         from podshare.transport import redis
 
         return getattr(redis, name)

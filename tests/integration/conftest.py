@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests._support import RedisServer, free_port
+from tests._support import RedisServer, SentinelGroup, free_port
 
 # -- Redis -------------------------------------------------------------------------------
 # Tests never use a system Redis (one may listen on 6379): each fixture starts its own
@@ -96,3 +96,19 @@ def tls_redis(
     )
     yield server, f"rediss://127.0.0.1:{tls_port}/0", ca
     server.kill()
+
+
+# -- Redis Sentinel ------------------------------------------------------------------------
+# A master, one replica and three sentinels, all on free loopback ports, all with
+# passwords (the servers' and the sentinels' differ, so a test shows they are kept apart).
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A master, a replica and three sentinels of the test's own, killed at teardown."""
+    group = SentinelGroup(_redis_binary(), tmp_path)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
@@ -544,7 +544,7 @@ async def test_with_a_secret_no_intruder_frame_reaches_a_subscriber(data: bytes)
             s = node.stats()
             return s.auth_failures + s.protocol_errors + s.frames_too_large
 
-        await until(lambda: refused() == 1, node)
+        await eventually(lambda: refused() == 1)
         assert node.connections == {}
         await node.publish("t", b"local")
         assert await receive(messages) == b"local"  # the first and only message
@@ -780,7 +780,7 @@ async def test_wait_ready_waits_for_peers_learned_through_peer_exchange() -> Non
         TcpTransport(node_id="a") as a,
         TcpTransport(node_id="b", peers=[a.address]) as b,
     ):
-        await until(lambda: "a" in b.connections and "b" in a.connections, a, b)
+        await eventually(lambda: "a" in b.connections and "b" in a.connections, a)
         async with TcpTransport(node_id="c", peers=[b.address]) as c:  # c only knows b
             with anyio.fail_after(TIMEOUT):
                 await c.wait_ready()
@@ -827,7 +827,7 @@ async def test_dns_attach_adds_the_discovered_peers_before_the_block_so_readines
     async with TcpTransport(node_id="a") as a, a.subscribe("ps/app"):
         host, port = a.address.rsplit(":", 1)
 
-        async def dns(name: str, dns_port: int) -> list[str]:
+        async def dns(_name: str, _dns_port: int) -> list[str]:
             return [host]
 
         async with (
@@ -859,14 +859,14 @@ async def test_remote_subscribers_counts_across_subscribe_unsubscribe_and_discon
             async with c.subscribe("t"):
                 assert await a.remote_subscribers("t") == 2
                 assert await c.remote_subscribers("t") == 2  # a and b
-            await until(lambda: "t" not in a._conns["node-2"].proto.peer_topics, a)
+            await eventually(lambda: "t" not in a._conns["node-2"].proto.peer_topics)
             assert await a.remote_subscribers("t") == 1
-        await until(lambda: "t" not in a._conns["node-1"].proto.peer_topics, a)
+        await eventually(lambda: "t" not in a._conns["node-1"].proto.peer_topics)
         assert await a.remote_subscribers("t") == 0
         async with c.subscribe("u"):
             assert await a.remote_subscribers("u") == 1
             await c.aclose()
-            await until(lambda: "node-2" not in a.connections, a)
+            await eventually(lambda: "node-2" not in a.connections)
             assert await a.remote_subscribers("u") == 0
 
 
@@ -874,7 +874,7 @@ async def test_remote_subscribers_is_unknown_with_a_peer_that_does_not_announce(
     async with TcpTransport(node_id="node") as node:
         legacy = await RawPeer.connect(node.address, "legacy", announces_topics=False)
         async with legacy.stream:
-            await until(lambda: "legacy" in node.connections, node)
+            await eventually(lambda: "legacy" in node.connections)
             assert await node.remote_subscribers("t") is None
             assert not any(isinstance(e, TopicAdded | TopicsComplete) for e in legacy.initial)
             # A subscription sends it a barrier and no TOPIC frame it could not parse.
@@ -903,7 +903,7 @@ async def test_a_peer_announcing_too_many_topics_is_refused() -> None:
             for i in range(MAX_ANNOUNCED_TOPICS + 1):
                 await raw.send(PeerProtocol.topic_added_body(f"t{i}"))
             assert await closed_by_server(raw.stream)
-        await until(lambda: node.stats().protocol_errors == 1, node)
+        await eventually(lambda: node.stats().protocol_errors == 1)
         assert node.connections == {}
 
 
@@ -941,7 +941,7 @@ async def test_a_subscription_made_before_connecting_receives_from_the_first_mes
         b.add_peer(a.address)
         # a publishes as soon as it sees the connection, before b's announcement may
         # have arrived: it sends everything until the announcement is complete.
-        await until(lambda: "b" in a.connections, a)
+        await eventually(lambda: "b" in a.connections)
         await a.publish("t", b"first")
         assert await receive(messages) == b"first"
 
@@ -964,7 +964,7 @@ async def test_a_flood_of_idle_connections_cannot_lock_a_legitimate_peer_out() -
     ) as node:
         flood = await idle_clients(node.address, 40)
         try:
-            await until(lambda: node.stats().handshakes_dropped == 36, node)
+            await eventually(lambda: node.stats().handshakes_dropped == 36)
             assert node.stats().connections_pending == 4
             assert await closed_by_server(flood[0])  # the oldest were closed
             async with TcpTransport(node_id="legit", secret="k", peers=[node.address]) as legit:
@@ -989,9 +989,9 @@ async def test_the_per_source_cap_spares_other_sources() -> None:
         except OSError as exc:
             pytest.skip(f"cannot bind 127.0.0.2 on this machine: {exc}")
         try:
-            await until(lambda: node.stats().handshakes_dropped == 6, node)
+            await eventually(lambda: node.stats().handshakes_dropped == 6)
             spared = await idle_clients(node.address, 3, local_host="127.0.0.1")
-            await until(lambda: node.stats().connections_pending == 7, node)
+            await eventually(lambda: node.stats().connections_pending == 7)
             assert node.stats().handshakes_dropped == 6
             for client in spared:
                 await client.aclose()  # type: ignore[attr-defined]
@@ -1010,7 +1010,7 @@ async def test_failed_handshakes_are_logged_at_info_once_per_interval_and_counte
                 async with client:
                     await client.send(b"GET / HTTP/1.1\r\n\r\n")
                     assert await closed_by_server(client)
-            await until(lambda: node.stats().protocol_errors == 5, node)
+            await eventually(lambda: node.stats().protocol_errors == 5)
     rejected = [r for r in caplog.records if r.getMessage().startswith("rejected peer")]
     assert len(rejected) == 1  # the other four were suppressed
     assert rejected[0].levelno == logging.INFO
@@ -1026,7 +1026,7 @@ async def test_a_hello_carrying_this_nodes_own_id_is_refused_and_counted() -> No
             await impostor.send(proto.data_to_send())
             await impostor.send(encode_frame(encode_message_body("t", b"forged")))
             assert await closed_by_server(impostor)
-        await until(lambda: node.stats().self_hellos == 1, node)
+        await eventually(lambda: node.stats().self_hellos == 1)
         assert node.stats().protocol_errors == 0
         assert node.self_addresses == frozenset()
         await node.publish("t", b"local")
@@ -1038,9 +1038,7 @@ async def test_two_processes_sharing_a_node_id_are_not_taken_for_a_self_dial() -
         TcpTransport(node_id="same") as first,
         TcpTransport(node_id="same", peers=[first.address], reconnect_backoff=(0.01, 0.02)) as dup,
     ):
-        await until(
-            lambda: dup.stats().self_hellos >= 2 and first.stats().self_hellos >= 2, dup, first
-        )
+        await eventually(lambda: dup.stats().self_hellos >= 2 and first.stats().self_hellos >= 2)
         # A looped-back connection would mark the address as this node's and stop dialing.
         assert dup.self_addresses == frozenset()
         assert first.address in dup.peers
@@ -1064,13 +1062,13 @@ async def test_a_replayed_handshake_is_rejected_and_delivers_nothing() -> None:
             sent += frame
             await first.send(frame)
             assert await receive(messages) == b"captured"
-        await until(lambda: "peer" not in node.connections, node)
+        await eventually(lambda: "peer" not in node.connections)
         # ...and replay it on a new one: the node's fresh nonce makes the proof stale.
         replay = await raw_client(node.address)
         async with replay:
             await replay.send(sent)
             assert await closed_by_server(replay)
-        await until(lambda: node.stats().auth_failures == 1, node)
+        await eventually(lambda: node.stats().auth_failures == 1)
         await node.publish("t", b"local")
         assert await receive(messages) == b"local"  # the replayed message never arrived
 
@@ -1117,7 +1115,7 @@ async def test_connect_and_disconnect_callbacks_sync_and_async() -> None:
 async def test_a_failing_callback_is_logged_and_counted_and_the_transport_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(remote: PeerConnection, inbound: bool) -> None:
+    def broken(_remote: PeerConnection, _inbound: bool) -> None:
         raise RuntimeError("the callback's own bug")
 
     async with (
@@ -1125,7 +1123,7 @@ async def test_a_failing_callback_is_logged_and_counted_and_the_transport_goes_o
         TcpTransport(node_id="b", peers=[a.address]) as b,
         b.subscribe("t") as messages,
     ):
-        await until(lambda: a.stats().callback_errors == 1, a)
+        await eventually(lambda: a.stats().callback_errors == 1)
         await a.publish("t", b"still working")
         assert await receive(messages) == b"still working"
     assert any(
@@ -1235,7 +1233,7 @@ async def test_a_burst_above_send_queue_that_drains_does_not_drop_the_peer() -> 
             assert stats.peers_stalled == 0
             assert "reader" in writer.connections
             assert stats.queued_bytes_peak > 2 * size
-            await until(lambda: writer.stats().queue_over_limit_seconds > 0, writer)
+            await eventually(lambda: writer.stats().queue_over_limit_seconds > 0)
 
 
 @pytest.mark.parametrize(
@@ -1259,8 +1257,8 @@ async def test_a_peer_over_its_limit_or_without_progress_for_stall_timeout_is_dr
         async with stuck.stream:
             # Enough for the socket buffers to fill and the writer to block.
             await publish_until(writer, lambda: writer.stats().queued_bytes > 2 * size, size)
-            await until(lambda: writer.stats().peers_stalled == 1, writer)
-            await until(lambda: "stuck" not in writer.connections, writer)
+            await eventually(lambda: writer.stats().peers_stalled == 1)
+            await eventually(lambda: "stuck" not in writer.connections)
             assert await closed_by_server(stuck.stream)
     stalls = [e for e in errors if "stalled" in str(e)]
     assert len(stalls) == 1

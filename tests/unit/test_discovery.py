@@ -187,7 +187,7 @@ async def test_a_failing_on_error_is_logged_and_counted(caplog: pytest.LogCaptur
     dns = FakeDNS()
     dns.answer = KeyError("boom")
 
-    def broken(exc: PodshareError) -> None:
+    def broken(_exc: PodshareError) -> None:
         raise RuntimeError("the callback's own bug")
 
     discoverer = DNSDiscoverer("podshare.ns.svc", 7000, resolver=dns, on_error=broken)
@@ -209,7 +209,7 @@ async def test_unusable_entries_of_an_answer_are_skipped_and_counted() -> None:
 async def test_cancelling_a_resolution_is_not_a_failure() -> None:
     started = anyio.Event()
 
-    async def hanging(host: str, port: int) -> list[str]:
+    async def hanging(_host: str, _port: int) -> list[str]:
         started.set()
         await anyio.sleep_forever()
 
