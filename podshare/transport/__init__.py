@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from podshare.transport.auth import Authenticated as Authenticated
+from podshare.transport.auth import Authenticator as Authenticator
+from podshare.transport.auth import AuthStats as AuthStats
 from podshare.transport.base import GapListeners as GapListeners
 from podshare.transport.base import GapReporting as GapReporting
 from podshare.transport.base import Transport as Transport
@@ -20,6 +23,9 @@ from podshare.transport.tcp import TcpStats as TcpStats
 from podshare.transport.tcp import TcpTransport as TcpTransport
 
 __all__ = [
+    "AuthStats",
+    "Authenticated",
+    "Authenticator",
     "DNSDiscoverer",
     "FaultPlan",
     "GapListeners",

@@ -33,7 +33,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -62,9 +62,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from podshare.exceptions import (
     ClosedError,
     ConfigurationError,
+    MessageRefused,
     MessageTooLarge,
     TransportError,
 )
+from podshare.transport.auth import OVERHEAD, Authenticator, AuthStats, Opener, RefusalLog, Secret
 from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
 
 __all__ = ["RedisStatistics", "RedisTransport"]
@@ -90,6 +92,9 @@ class RedisStatistics:
         channels: Redis channels currently subscribed by this process.
         messages_received: messages read from the pub/sub connection.
         messages_dropped: messages dropped because a subscription's buffer was full.
+        auth: with ``secret=...``, the authentication counters (messages sealed, opened,
+            and refused by reason; see [`AuthStats`][podshare.transport.auth.AuthStats]);
+            ``None`` without a secret.
     """
 
     connected: bool
@@ -98,6 +103,7 @@ class RedisStatistics:
     channels: int
     messages_received: int
     messages_dropped: int
+    auth: AuthStats | None = None
 
 
 class _ContextSSLConnection(SSLConnection):
@@ -112,9 +118,10 @@ class _ContextSSLConnection(SSLConnection):
 class _Channel:
     """The local subscriptions of one Redis channel."""
 
-    __slots__ = ("live", "ready", "subs")
+    __slots__ = ("live", "opener", "ready", "subs")
 
-    def __init__(self) -> None:
+    def __init__(self, opener: Opener | None) -> None:
+        self.opener = opener  # checks each message before dispatch, with secret=...
         self.subs: dict[MemoryObjectSendStream[bytes], bool] = {}  # stream -> dropping
         self.ready = anyio.Event()
         # False until Redis confirmed our SUBSCRIBE: a message read before then was
@@ -185,6 +192,14 @@ class RedisTransport:
             is PINGed; no answer within the same time means it is dead and is replaced.
         subscription_buffer: messages buffered per subscription; when a subscriber falls
             this far behind, further messages are dropped for it and a gap is reported.
+        secret: a shared secret (``bytes`` or ``str``, at least 16 bytes; or a list, the first
+            sealing and every one opening, to rotate it). Every message then carries a MAC under a
+            key derived per channel, with replay protection (see
+            [`podshare.transport.auth`][podshare.transport.auth]); messages that fail are dropped
+            before any subscriber sees them and counted in ``statistics().auth``. Every pod must use
+            the same secret.
+        encrypt: with ``secret``, also encrypt every payload (AES-256-GCM; needs the
+            ``encryption`` extra).
 
     Raises:
         ConfigurationError: a bad option, or constructed under trio.
@@ -220,11 +235,18 @@ class RedisTransport:
         timeout: float = 5.0,
         health_check_interval: float = 15.0,
         subscription_buffer: int = 1024,
+        secret: Secret | Sequence[Secret] | None = None,
+        encrypt: bool = False,
     ) -> None:
         _require_asyncio(_current_async_library())
-        if not isinstance(max_message_size, int) or not 0 < max_message_size <= _REDIS_MAX_BULK:
+        if secret is None and encrypt:
+            raise ConfigurationError("encrypt=True needs a secret")
+        self._auth = Authenticator(secret, encrypt=encrypt) if secret is not None else None
+        self._refusals = RefusalLog(_log)
+        largest = _REDIS_MAX_BULK - (OVERHEAD if secret is not None else 0)
+        if not isinstance(max_message_size, int) or not 0 < max_message_size <= largest:
             raise ConfigurationError(
-                f"max_message_size must be an int in 1..{_REDIS_MAX_BULK}, got {max_message_size!r}"
+                f"max_message_size must be an int in 1..{largest}, got {max_message_size!r}"
             )
         first, cap = reconnect_backoff
         if not (0 < first <= cap and math.isfinite(cap)):
@@ -409,9 +431,12 @@ class RedisTransport:
             )
         if not self._connected:
             raise TransportError("not connected to Redis (reconnecting)")
+        channel = self.channel_for(topic)
+        if self._auth is not None:
+            message = self._auth.seal(channel, message, now=time.time())
         try:
             with anyio.fail_after(self._timeout):
-                await self._client.publish(self.channel_for(topic), message)
+                await self._client.publish(channel, message)
         except _WIRE_ERRORS as exc:
             raise TransportError(f"Redis PUBLISH failed: {exc!r}") from exc
 
@@ -441,6 +466,7 @@ class RedisTransport:
             channels=len(self._channels),
             messages_received=self._received,
             messages_dropped=self._dropped,
+            auth=self._auth.stats() if self._auth is not None else None,
         )
 
     # -- subscriptions -----------------------------------------------------------------
@@ -458,7 +484,8 @@ class RedisTransport:
         send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = _Channel()
+            opener = self._auth.opener(name.decode()) if self._auth is not None else None
+            channel = self._channels[name] = _Channel(opener)
             if not self._send_command(b"SUBSCRIBE", name):
                 channel.open()  # subscribed (and a gap reported) on reconnection
         channel.subs[send] = False
@@ -613,7 +640,14 @@ class RedisTransport:
                 self._received += 1
                 channel = channels.get(reply[1])
                 if channel is not None and channel.live:
-                    self._dispatch(channel, reply[2])
+                    message = reply[2]
+                    if channel.opener is not None:
+                        try:
+                            message = channel.opener.open(message, now=time.time())
+                        except MessageRefused as exc:
+                            self._refusals.record(exc, reply[1].decode(errors="replace"))
+                            continue
+                    self._dispatch(channel, message)
             elif kind == b"subscribe":
                 self._confirm(reply[1], report_gap=report_gap)
 
