@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import hmac
 import logging
 import math
@@ -394,8 +395,8 @@ class Authenticator:
         self._max_senders = max_senders
         self._sender = secrets.token_bytes(_SENDER_SIZE)
         self._seq = 0
-        # topic -> (MAC key, or the AES-GCM object keyed for this sender on that topic)
-        self._seal_cache: dict[str, bytes | AESGCM] = {}
+        # topic -> the keyed HMAC to copy, or the AES-GCM object keyed for this sender
+        self._seal_cache: dict[str, hmac.HMAC | AESGCM] = {}
         self._counters = _Counters()
 
     @property
@@ -432,16 +433,20 @@ class Authenticator:
         if key is None:
             key = self._sealing_key(topic)
         self._counters.sealed += 1
-        if isinstance(key, bytes):
+        if isinstance(key, hmac.HMAC):
             body = header + payload
-            return body + hmac.digest(key, body, "sha256")[:TAG_SIZE]
+            mac = key.copy()  # the key already absorbed: cheaper than hmac.digest()
+            mac.update(body)
+            return body + mac.digest()[:TAG_SIZE]
         return header + key.encrypt(_nonce(seq), payload, header)
 
-    def _sealing_key(self, topic: str) -> bytes | AESGCM:
+    def _sealing_key(self, topic: str) -> hmac.HMAC | AESGCM:
         topic_key = self._keys[0].topic_key(topic)
-        key: bytes | AESGCM = topic_key
+        key: hmac.HMAC | AESGCM
         if self._cipher is not None:
             key = self._cipher(_sender_key(topic_key, self._sender))
+        else:
+            key = hmac.new(topic_key, digestmod=hashlib.sha256)
         cache = self._seal_cache
         if len(cache) >= _TOPIC_KEY_CACHE:
             del cache[next(iter(cache))]
@@ -499,7 +504,11 @@ class Opener:
         self._width = authenticator._replay_window
         self._mask = (1 << self._width) - 1
         self._max_senders = authenticator._max_senders
-        self._topic_keys = {key.key_id: key.topic_key(topic) for key in authenticator._keys}
+        # key id -> (topic key, the keyed HMAC to copy for each message)
+        self._topic_keys: dict[bytes, tuple[bytes, hmac.HMAC]] = {}
+        for key in authenticator._keys:
+            topic_key = key.topic_key(topic)
+            self._topic_keys[key.key_id] = topic_key, hmac.new(topic_key, digestmod=hashlib.sha256)
         self._cipher = _aesgcm()
         self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self._watermark = -1
@@ -526,18 +535,19 @@ class Opener:
         version, suite, key_id, sender, seq, time_ms = _HEADER.unpack_from(message)
         if version != VERSION or suite not in (_SUITE_MAC, _SUITE_AEAD):
             raise self._refuse(Refusal.UNKNOWN_VERSION, f"version {version}, suite {suite}")
-        topic_key = self._topic_keys.get(key_id)
-        if topic_key is None:
+        keys = self._topic_keys.get(key_id)
+        if keys is None:
             raise self._refuse(Refusal.UNKNOWN_KEY, "sealed with a secret this side lacks")
         entry = self._senders.get(sender)
         payload: bytes | None = None
         cipher: AESGCM | None = None
         if suite == _SUITE_MAC:
-            expected = hmac.digest(topic_key, memoryview(message)[:-TAG_SIZE], "sha256")
-            if not hmac.compare_digest(expected[:TAG_SIZE], message[-TAG_SIZE:]):
+            mac = keys[1].copy()
+            mac.update(memoryview(message)[:-TAG_SIZE])
+            if not hmac.compare_digest(mac.digest()[:TAG_SIZE], message[-TAG_SIZE:]):
                 raise self._refuse(Refusal.BAD_TAG, "the HMAC does not verify")
         else:
-            cipher = self._sender_cipher(entry, key_id, topic_key, sender)
+            cipher = self._sender_cipher(entry, key_id, keys[0], sender)
             if cipher is None:
                 raise self._refuse(
                     Refusal.UNKNOWN_VERSION, "AES-GCM needs the cryptography package"
