@@ -22,7 +22,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from podshare import PodshareError, Store
+from podshare import ConfigurationError, PodshareError, Store
 from podshare.store import wire
 from podshare.testing import check_transport
 from podshare.transport import Authenticated, AuthStats, RedisTransport
@@ -78,6 +78,16 @@ async def test_wrapper_over_redis_passes_check_transport(redis_server: RedisServ
             RedisTransport(redis_server.url, channel_prefix=prefix), secret=SECRET
         )
     )
+
+
+async def test_bad_secret_options(redis_server: RedisServer) -> None:
+    with pytest.raises(ConfigurationError, match="16 bytes"):
+        RedisTransport(redis_server.url, secret="short")
+    with pytest.raises(ConfigurationError, match="needs a secret"):
+        RedisTransport(redis_server.url, encrypt=True)
+    with pytest.raises(ConfigurationError, match="max_message_size"):
+        RedisTransport(redis_server.url, secret=SECRET, max_message_size=512 * 1024 * 1024)
+    RedisTransport(redis_server.url, max_message_size=512 * 1024 * 1024)  # fine without
 
 
 async def test_statistics_count_what_was_refused(redis_server: RedisServer) -> None:
