@@ -46,6 +46,9 @@ from podshare.exceptions import (
     InvalidValue as InvalidValue,
 )
 from podshare.exceptions import (
+    MessageRefused as MessageRefused,
+)
+from podshare.exceptions import (
     MessageTooLarge as MessageTooLarge,
 )
 from podshare.exceptions import (
@@ -88,6 +91,7 @@ __all__ = [
     "FrameTooLarge",
     "InvalidValue",
     "JsonCodec",
+    "MessageRefused",
     "MessageTooLarge",
     "MsgpackCodec",
     "NoRoute",

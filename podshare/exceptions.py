@@ -12,6 +12,7 @@ Catch :class:`PodshareError` to catch them all. The tree::
     │   ├── DecodeError           garbage, truncated, wrong types, unknown version or kind
     │   ├── FrameTooLarge         a frame or message over the size cap
     │   └── AuthenticationError   a TCP peer failed the handshake or a frame's MAC
+    │       └── MessageRefused    a message failed its MAC, time window or replay check
     └── CallError                 callreply failures
         ├── NoRoute               no owner is known for the target
         ├── OwnerUnavailable      the owner is known but down
@@ -40,6 +41,7 @@ __all__ = [
     "EndpointBusy",
     "FrameTooLarge",
     "InvalidValue",
+    "MessageRefused",
     "MessageTooLarge",
     "NoRoute",
     "OwnerUnavailable",
@@ -88,6 +90,22 @@ class FrameTooLarge(ProtocolError):
 
 class AuthenticationError(ProtocolError):
     """A peer failed the handshake (wrong or missing secret) or sent a frame with a bad MAC."""
+
+
+class MessageRefused(AuthenticationError):
+    """A message failed authentication (see [`podshare.transport.auth`][podshare.transport.auth]).
+
+    Raised by [`Opener.open`][podshare.transport.auth.Opener.open]; transports count it and drop
+    the message, so applications normally see it only in statistics.
+
+    Attributes:
+        reason: why, one of ``"truncated"``, ``"unknown_version"``, ``"unknown_key"``,
+            ``"bad_tag"``, ``"too_old"``, ``"too_new"``, ``"replayed"``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
 
 
 class CallError(PodshareError):

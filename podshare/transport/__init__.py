@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from podshare.transport.base import ClusterReadiness as ClusterReadiness
+from podshare.transport.auth import Authenticated as Authenticated
+from podshare.transport.auth import Authenticator as Authenticator
+from podshare.transport.auth import AuthStats as AuthStats
 from podshare.transport.base import GapListeners as GapListeners
 from podshare.transport.base import GapReporting as GapReporting
 from podshare.transport.base import SubscriberCounting as SubscriberCounting
@@ -24,6 +27,9 @@ from podshare.transport.tcp import TcpTransport as TcpTransport
 
 __all__ = [
     "ClusterReadiness",
+    "AuthStats",
+    "Authenticated",
+    "Authenticator",
     "DNSDiscoverer",
     "DNSStats",
     "FaultPlan",

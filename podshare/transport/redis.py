@@ -73,7 +73,13 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from podshare._counters import StatsRecord
 from podshare._service import DEFAULT_CLOSE_TIMEOUT, Service
-from podshare.exceptions import ConfigurationError, MessageTooLarge, TransportError
+from podshare.exceptions import (
+    ConfigurationError,
+    MessageRefused,
+    MessageTooLarge,
+    TransportError,
+)
+from podshare.transport.auth import OVERHEAD, Authenticator, AuthStats, Opener, RefusalLog, Secret
 from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
 
 __all__ = ["RedisRemote", "RedisStats", "RedisTransport"]
@@ -122,6 +128,9 @@ class RedisStats(StatsRecord):
             listener calls that raised (each logged).
         callbacks_dropped: callback invocations dropped because the callbacks were too
             slow to keep up (each logged).
+        auth: with ``secret=...``, the authentication counters (messages sealed, opened,
+            and refused by reason; see [`AuthStats`][podshare.transport.auth.AuthStats]);
+            ``None`` without a secret.
     """
 
     connected: bool = False
@@ -136,6 +145,7 @@ class RedisStats(StatsRecord):
     messages_dropped: int = 0
     callback_errors: int = 0
     callbacks_dropped: int = 0
+    auth: AuthStats | None = None
 
 
 def __getattr__(name: str) -> object:
@@ -190,9 +200,10 @@ class _ContextSSLSentinelConnection(SentinelManagedConnection, _ContextSSLConnec
 class _Channel:
     """The local subscriptions of one Redis channel."""
 
-    __slots__ = ("live", "ready", "subs")
+    __slots__ = ("live", "opener", "ready", "subs")
 
-    def __init__(self) -> None:
+    def __init__(self, opener: Opener | None) -> None:
+        self.opener = opener  # checks each message before dispatch, with secret=...
         self.subs: dict[MemoryObjectSendStream[bytes], bool] = {}  # stream -> dropping
         self.ready = anyio.Event()
         # False until Redis confirmed our SUBSCRIBE: a message read before then was
@@ -332,6 +343,14 @@ class RedisTransport(Service):
         on_error: ``on_error(exc)`` with a [`TransportError`][podshare.exceptions.TransportError]
             for every background failure: a lost connection, a failed reconnection
             attempt, a subscriber that fell behind. Sync or async.
+        secret: a shared secret (``bytes`` or ``str``, at least 16 bytes; or a list, the
+            first sealing and every one opening, to rotate it). Every message then carries
+            a MAC under a key derived per channel, with replay protection (see
+            [`podshare.transport.auth`][podshare.transport.auth]); messages that fail are
+            dropped before any subscriber sees them and counted in ``stats().auth``.
+            Every pod must use the same secret.
+        encrypt: with ``secret``, also encrypt every payload (AES-256-GCM; needs the
+            ``encryption`` extra).
 
     Raises:
         ConfigurationError: a bad option, or constructed under trio.
@@ -383,12 +402,19 @@ class RedisTransport(Service):
         on_connect: Callable[[RedisRemote, bool], object] | None = None,
         on_disconnect: Callable[[RedisRemote, bool], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
+        secret: Secret | Sequence[Secret] | None = None,
+        encrypt: bool = False,
     ) -> None:
         _require_asyncio(_current_async_library())
         super().__init__(close_timeout=close_timeout)
-        if not isinstance(max_message_size, int) or not 0 < max_message_size <= _REDIS_MAX_BULK:
+        if secret is None and encrypt:
+            raise ConfigurationError("encrypt=True needs a secret")
+        self._auth = Authenticator(secret, encrypt=encrypt) if secret is not None else None
+        self._refusals = RefusalLog(_log)
+        largest = _REDIS_MAX_BULK - (OVERHEAD if secret is not None else 0)
+        if not isinstance(max_message_size, int) or not 0 < max_message_size <= largest:
             raise ConfigurationError(
-                f"max_message_size must be an int in 1..{_REDIS_MAX_BULK}, got {max_message_size!r}"
+                f"max_message_size must be an int in 1..{largest}, got {max_message_size!r}"
             )
         first, cap = reconnect_backoff
         if not (0 < first <= cap and math.isfinite(cap)):
@@ -705,9 +731,12 @@ class RedisTransport(Service):
         if not self._connected:
             self._stats.publish_errors += 1
             raise TransportError(f"not connected to Redis at {self._where()} (reconnecting)")
+        channel = self.channel_for(topic)
+        if self._auth is not None:
+            message = self._auth.seal(channel, message, now=time.time())
         try:
             with anyio.fail_after(self._timeout):
-                await self._client.publish(self.channel_for(topic), message)
+                await self._client.publish(channel, message)
         except _WIRE_ERRORS as exc:
             self._stats.publish_errors += 1
             raise TransportError(
@@ -786,6 +815,8 @@ class RedisTransport(Service):
 
     def stats(self) -> RedisStats:
         """A frozen snapshot of the connection state and counters."""
+        if self._auth is not None:
+            self._stats.auth = self._auth.stats()
         return self._stats.snapshot()
 
     def statistics(self) -> RedisStats:
@@ -811,7 +842,8 @@ class RedisTransport(Service):
         send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = _Channel()
+            opener = self._auth.opener(name.decode()) if self._auth is not None else None
+            channel = self._channels[name] = _Channel(opener)
             self._stats.channels = len(self._channels)
             if not self._send_command(b"SUBSCRIBE", name):
                 channel.open()  # subscribed (and a gap reported) on reconnection
@@ -1081,6 +1113,12 @@ class RedisTransport(Service):
         self._stats.bytes_received += len(message)
         channel = self._channels.get(name)
         if channel is not None and channel.live:
+            if channel.opener is not None:
+                try:
+                    message = channel.opener.open(message, now=time.time())
+                except MessageRefused as exc:
+                    self._refusals.record(exc, name.decode(errors="replace"))
+                    return
             self._dispatch(channel, name, message)
 
     def _dispatch(self, channel: _Channel, name: bytes, message: bytes) -> None:
