@@ -9,5 +9,7 @@ from __future__ import annotations
 from podshare.callreply.endpoint import Endpoint as Endpoint
 from podshare.callreply.endpoint import EndpointStats as EndpointStats
 from podshare.callreply.endpoint import Handler as Handler
+from podshare.callreply.payload import decode_payload as decode_payload
+from podshare.callreply.payload import encode_payload as encode_payload
 
-__all__ = ["Endpoint", "EndpointStats", "Handler"]
+__all__ = ["Endpoint", "EndpointStats", "Handler", "decode_payload", "encode_payload"]
