@@ -238,7 +238,7 @@ def test_round_trip_property(
 def test_podshare_never_imports_pydantic() -> None:
     """Without a pydantic model in play, importing and using podshare leaves it unloaded."""
     code = (
-        "import sys, dataclasses, anyio, podshare, podshare.callreply\n"
+        "import sys, dataclasses, anyio, podshare, podshare.sync, podshare.callreply\n"
         "from podshare.store.codec import value_codec\n"
         "@dataclasses.dataclass\n"
         "class C:\n"
