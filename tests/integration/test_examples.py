@@ -25,12 +25,23 @@ EXPECTED: dict[str, str] = {
     "circuit_breaker.py": "breaker everywhere: {'pod-1': False, 'pod-2': False, 'pod-3': False}",
     "session_affinity.py": "pod-1 and pod-2 agree on every user's pod",
     "chat_cache.py": "all pods agree: True",
+    # Without arguments the web-app examples run a self-contained two-pod demo; their
+    # "serve" mode (two real server processes over Redis) is driven by
+    # test_sync_wsgi.py and test_fastapi_app.py.
+    "flask_app.py": "flask: a PUT on pod-a is visible on pod-b",
+    "fastapi_app.py": "fastapi: a push from pod-a reached the websocket on pod-b",
 }
 # Examples written with an optional feature; they may be absent.
 OPTIONAL: set[str] = set()
 NEEDS_REDIS = {"redis.py"}
 # Third-party modules an example imports beyond podshare's core dependencies.
-NEEDS_MODULE = {"chat_cache.py": "pycrdt", "redis.py": "redis", "ws_routing.py": "websockets"}
+NEEDS_MODULE = {
+    "chat_cache.py": "pycrdt",
+    "redis.py": "redis",
+    "ws_routing.py": "websockets",
+    "flask_app.py": "flask",
+    "fastapi_app.py": "fastapi",
+}
 
 
 def _examples() -> list[str]:
