@@ -263,11 +263,10 @@ async def demo() -> None:
                 await anyio.sleep(0.01)
         a, b = (f"127.0.0.1:{s.servers[0].sockets[0].getsockname()[1]}" for s in servers)
 
-        print(
-            "PUT on pod-a:", await _request("PUT", f"http://{a}/flags/checkout", {"enabled": True})
-        )
-        with anyio.fail_after(10):
-            while (await _request("GET", f"http://{b}/flags/checkout"))[0] != 200:
+        put = await _request("PUT", f"http://{a}/flags/checkout", {"enabled": True})
+        print("PUT on pod-a:", put)
+        with anyio.fail_after(10):  # pod-b is another server: poll its HTTP API
+            while (await _request("GET", f"http://{b}/flags/checkout"))[0] != 200:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         print("GET on pod-b:", await _request("GET", f"http://{b}/flags/checkout"))
 
