@@ -112,6 +112,11 @@ def _install_hooks() -> None:
     # threading's exit hooks run before the interpreter joins non-daemon threads, so a
     # thread blocked on a watch iterator is released instead of hanging the exit;
     # atexit is the fallback on interpreters without them.
+    # Their order is last-registered-first: make sure concurrent.futures registered its
+    # own (which joins pool workers) before ours, so a pool worker blocked on a watch is
+    # released by ours first.
+    import concurrent.futures.thread  # noqa: F401
+
     register = getattr(threading, "_register_atexit", None)
     if callable(register):
         register(_close_all_at_exit)
@@ -408,7 +413,9 @@ def open_store(
             ``lambda: RedisTransport(url)``, an ``async def`` returning one). It is called on
             the store's thread, because a transport belongs to the event loop it runs on.
         backend: ``"asyncio"`` (default) or ``"trio"`` for the background loop.
-        backend_options: options for that backend (as for ``anyio.run``).
+        backend_options: options for that backend (as for ``anyio.run``). Resources
+            opened with the same backend and options share one loop thread; others get
+            their own (and then cannot share a ``MemoryNetwork`` with them).
         **options: every [`Store`][podshare.Store] option: ``type``, ``node_id``, ``codec``,
             ``merger``, ``on_error``, ``hydrate_timeout``, ...
 

@@ -316,6 +316,19 @@ def test_store_left_open_closes_at_interpreter_exit() -> None:
 
         threading.Thread(target=consume).start()   # not a daemon
         ready.wait(10)
+        # A pool worker blocked on a watch too (pools join their workers at exit).
+        import concurrent.futures
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        pooled = threading.Event()
+
+        def pooled_consume():
+            with store.watch() as events:
+                pooled.set()
+                for _ in events:
+                    pass
+
+        pool.submit(pooled_consume)
+        pooled.wait(10)
         store.set("k", 1)
         atexit.register(lambda: print("closed:", store.closed, flush=True))
         print("leaving", flush=True)
