@@ -10,5 +10,14 @@ from podshare.callreply.endpoint import Endpoint as Endpoint
 from podshare.callreply.endpoint import EndpointStats as EndpointStats
 from podshare.callreply.endpoint import ErrorHandler as ErrorHandler
 from podshare.callreply.endpoint import Handler as Handler
+from podshare.callreply.payload import decode_payload as decode_payload
+from podshare.callreply.payload import encode_payload as encode_payload
 
-__all__ = ["Endpoint", "EndpointStats", "ErrorHandler", "Handler"]
+__all__ = [
+    "Endpoint",
+    "EndpointStats",
+    "ErrorHandler",
+    "Handler",
+    "decode_payload",
+    "encode_payload",
+]

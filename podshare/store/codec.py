@@ -12,10 +12,21 @@ Two layers (see ``docs/internals.md`` §2):
   exception type, because those bytes come from the network).
 
 Value types with ``to_wire``/``from_wire`` (podshare's CRDTs, or the user's own) always
-travel as msgpack of their wire form, whatever the codec. Every other type goes through
-msgspec's typed conversion: dataclasses, ``TypedDict``, attrs classes, msgspec
-``Struct``\\ s, enums, datetimes, UUIDs, ``Decimal``, nested containers, ``Optional`` and
-unions, and builtins.
+travel as msgpack of their wire form, whatever the codec. pydantic models (``BaseModel``
+subclasses and pydantic dataclasses, also nested in containers or other classes) go
+through pydantic's own validation and serialisation (``TypeAdapter``: ``dump_json`` and
+``validate_json``), so their validators, aliases and serialisers apply on every pod.
+pydantic is never imported by podshare: a type can only be a pydantic model once the
+application imported pydantic. Every other type goes through msgspec's typed
+conversion: dataclasses, ``TypedDict``, attrs classes, msgspec ``Struct``\\ s, enums,
+datetimes, UUIDs, ``Decimal``, nested containers, ``Optional`` and unions, and builtins.
+
+Strict decoding (``strict=True``, or a ``JsonCodec(strict=True)`` /
+``MsgpackCodec(strict=True)`` format) rejects received values with fields the type does
+not declare, at any depth, like the Go library's ``StrictJSONCodec``: for dataclasses,
+``TypedDict``, attrs classes and ``Struct``\\ s (checked against msgspec's view of the
+type) and pydantic models (``extra="forbid"`` at validation). Without it unknown fields
+are ignored, which lets a newer pod add a field without breaking older ones.
 
 Example:
     >>> from dataclasses import dataclass
@@ -35,8 +46,9 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -91,14 +103,23 @@ class Codec(Protocol):
 class JsonCodec:
     """JSON via msgspec: compact, strict UTF-8, the default format.
 
+    Args:
+        strict: in a typed store, reject received values that carry fields the value
+            type does not declare (see [`value_codec`][podshare.store.codec.value_codec]).
+            Plain data has no declared fields, so this changes nothing for
+            :meth:`decode` itself.
+
     Example:
         >>> JsonCodec().decode(JsonCodec().encode({"a": [1, 2.5, None]}))
         {'a': [1, 2.5, None]}
+        >>> JsonCodec(strict=True)
+        JsonCodec(strict=True)
     """
 
-    __slots__ = ("_decoder", "_encoder")
+    __slots__ = ("_decoder", "_encoder", "strict")
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = _check_strict(strict)
         self._encoder = msgspec.json.Encoder()
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
@@ -117,7 +138,7 @@ class JsonCodec:
             raise DecodeError(f"malformed JSON value: {exc}") from exc
 
     def __repr__(self) -> str:
-        return "JsonCodec()"
+        return "JsonCodec(strict=True)" if self.strict else "JsonCodec()"
 
 
 class MsgpackCodec:
@@ -126,14 +147,19 @@ class MsgpackCodec:
     msgspec checks every declared length against the bytes actually present before it
     allocates, so a hostile header cannot make it reserve memory.
 
+    Args:
+        strict: in a typed store, reject received values that carry fields the value
+            type does not declare (as for [`JsonCodec`][podshare.store.codec.JsonCodec]).
+
     Example:
         >>> MsgpackCodec().decode(MsgpackCodec().encode({"a": b"\\x00\\xff"}))
         {'a': b'\\x00\\xff'}
     """
 
-    __slots__ = ("_decoder", "_encoder")
+    __slots__ = ("_decoder", "_encoder", "strict")
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = _check_strict(strict)
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 
@@ -152,7 +178,7 @@ class MsgpackCodec:
             raise DecodeError(f"malformed msgpack value: {exc}") from exc
 
     def __repr__(self) -> str:
-        return "MsgpackCodec()"
+        return "MsgpackCodec(strict=True)" if self.strict else "MsgpackCodec()"
 
 
 def resolve_codec(codec: Codec | str | None) -> Codec:
@@ -212,36 +238,90 @@ class ValueCodec(Generic[T]):
         return f"{type(self).__name__}(type={_type_name(self.type)}, codec={self.codec!r})"
 
 
-def value_codec(tp: Any | None, codec: Codec | str | None = None) -> ValueCodec[Any]:
+def value_codec(
+    tp: Any | None, codec: Codec | str | None = None, *, strict: bool = False
+) -> ValueCodec[Any]:
     """Build the :class:`ValueCodec` for values of type ``tp`` in format ``codec``.
+
+    This is the single entry point for value conversion: :class:`~podshare.Store` calls
+    it with its ``type`` and ``codec`` options (and forwards a ``strict=`` option to it).
 
     - ``tp`` with ``to_wire``/``from_wire`` (``GSet``, ``ORSet``, ``PNCounter``, ``YDoc``,
       a user's type): msgpack of ``to_wire()``, decoded with ``tp.from_wire``; ``empty``
       is ``tp`` itself. ``codec`` is not used for these.
     - ``tp`` ``None`` or ``Any``: plain JSON-like data (dict, list, str, int, float, bool,
       None; bytes too with msgpack).
+    - a pydantic model, or a type that contains one (``list[Flag]``, ``Flag | None``, a
+      dataclass with a model field): pydantic's ``TypeAdapter``. With JSON the bytes are
+      exactly ``dump_json(by_alias=True, round_trip=True)``; with another format they are
+      that format's encoding of the same JSON-compatible data, validated as JSON on the
+      way in. Validation errors of received bytes are
+      :class:`~podshare.exceptions.DecodeError`; a value that fails to serialise, or
+      whose serialisation would not validate back into an equal value, is
+      :class:`~podshare.exceptions.InvalidValue`.
     - any other ``tp``: typed conversion by msgspec.
 
-    Raises :class:`~podshare.exceptions.ConfigurationError` naming ``codec`` or ``type``
-    when either is unusable.
+    Args:
+        tp: the value type (``None`` for plain data).
+        codec: ``"json"`` (default), ``"msgpack"`` or a :class:`Codec`.
+        strict: reject received values with fields ``tp`` does not declare, at any depth
+            (dataclasses, ``TypedDict``, attrs classes, ``Struct``\\ s, pydantic
+            models). A codec object with a true ``strict`` attribute
+            (``JsonCodec(strict=True)``) turns it on as well. It needs a value type
+            without a wire form.
+
+    Raises :class:`~podshare.exceptions.ConfigurationError` naming ``codec``, ``type``
+    or ``strict`` when one is unusable.
 
     Example:
         >>> vc = value_codec(dict[str, int], "msgpack")
         >>> vc.decode(vc.encode({"a": 1}))
         {'a': 1}
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Flag:
+        ...     on: bool
+        >>> value_codec(Flag, "json").decode(b'{"on": true, "colour": "red"}')
+        Flag(on=True)
+        >>> value_codec(Flag, "json", strict=True).decode(b'{"on": true, "colour": "red"}')
+        Traceback (most recent call last):
+        ...
+        podshare.exceptions.DecodeError: malformed Flag value: unknown field 'colour' at $
     """
+    strict = _check_strict(strict) or bool(getattr(codec, "strict", False))
     if tp is typing.Any:
         tp = None
     if tp is not None and _has_wire_form(tp):
+        if strict:
+            raise ConfigurationError(
+                f"strict=True does not apply to {_type_name(tp)}: types with "
+                "to_wire()/from_wire() decode with their own from_wire()"
+            )
         return _WireFormCodec(tp)
+    if tp is None and strict:
+        raise ConfigurationError(
+            "strict=True needs a value type: plain data has no declared fields to check"
+        )
     resolved = resolve_codec(codec)
+    if tp is not None and _uses_pydantic(tp):
+        return _PydanticCodec(tp, resolved, strict=strict)
     if tp is not None:
         _check_supported(tp)
+    check = _unknown_field_check(tp) if strict else None
     if type(resolved) is JsonCodec:
-        return _MsgspecCodec(tp, resolved, msgspec.json.Encoder(), _json_decoder(tp))
+        return _MsgspecCodec(
+            tp, resolved, msgspec.json.Encoder(), _json_decoder(tp), check, msgspec.json.decode
+        )
     if type(resolved) is MsgpackCodec:
-        return _MsgspecCodec(tp, resolved, msgspec.msgpack.Encoder(), _msgpack_decoder(tp))
-    return _ConvertingCodec(tp, resolved)
+        return _MsgspecCodec(
+            tp,
+            resolved,
+            msgspec.msgpack.Encoder(),
+            _msgpack_decoder(tp),
+            check,
+            msgspec.msgpack.decode,
+        )
+    return _ConvertingCodec(tp, resolved, check)
 
 
 # --- implementations ----------------------------------------------------------------
@@ -291,7 +371,7 @@ class _WireFormCodec(ValueCodec[Any]):
 class _MsgspecCodec(ValueCodec[Any]):
     """JSON or msgpack, encoded and decoded by msgspec directly (the fast path)."""
 
-    __slots__ = ("_decode", "_encode")
+    __slots__ = ("_check", "_decode", "_encode", "_raw_decode")
 
     def __init__(
         self,
@@ -299,12 +379,17 @@ class _MsgspecCodec(ValueCodec[Any]):
         codec: Codec,
         encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder,
         decoder: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any],
+        check: Callable[[Any], None] | None = None,
+        raw_decode: Callable[[bytes], Any] | None = None,
     ) -> None:
         self.type = tp
         self.codec = codec
         self.empty = None
         self._encode = encoder.encode
         self._decode = decoder.decode
+        # Strict decoding: the untyped form of the bytes, checked for undeclared fields.
+        self._check = check
+        self._raw_decode = raw_decode
 
     def encode(self, value: Any) -> bytes:
         try:
@@ -322,21 +407,25 @@ class _MsgspecCodec(ValueCodec[Any]):
 
     def decode(self, data: bytes) -> Any:
         try:
-            return self._decode(data)
+            value = self._decode(data)
+            if self._check is not None and self._raw_decode is not None:
+                self._check(self._raw_decode(data))
         except Exception as exc:  # msgspec errors, RecursionError on deep nesting, ...
             raise DecodeError(f"malformed {_type_name(self.type)} value: {exc}") from exc
+        return value
 
 
 class _ConvertingCodec(ValueCodec[Any]):
     """A user's format: values become builtins (msgspec), then the format's bytes."""
 
-    __slots__ = ("_codec",)
+    __slots__ = ("_check", "_codec")
 
-    def __init__(self, tp: Any, codec: Codec) -> None:
+    def __init__(self, tp: Any, codec: Codec, check: Callable[[Any], None] | None = None) -> None:
         self.type = tp
         self.codec = codec
         self.empty = None
         self._codec = codec
+        self._check = check
 
     def _convert(self, obj: Any) -> Any:
         if self.type is None:
@@ -348,14 +437,7 @@ class _ConvertingCodec(ValueCodec[Any]):
             plain = msgspec.to_builtins(value)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise InvalidValue(f"cannot encode {_short(value)}: {exc}") from exc
-        try:
-            data = self._codec.encode(plain)
-        except InvalidValue:
-            raise
-        except Exception as exc:  # a user's codec may fail in any way
-            raise InvalidValue(f"cannot encode {_short(value)}: {exc}") from exc
-        if not isinstance(data, bytes):
-            raise InvalidValue(f"codec {self._codec!r} returned {type(data).__name__}, not bytes")
+        data = _encode_plain(self._codec, plain, value)
         try:
             back = self._convert(self._codec.decode(data))
         except Exception as exc:  # ValidationError, the codec's own errors, ...
@@ -365,9 +447,89 @@ class _ConvertingCodec(ValueCodec[Any]):
 
     def decode(self, data: bytes) -> Any:
         try:
-            return self._convert(self._codec.decode(data))
+            plain = self._codec.decode(data)
+            value = self._convert(plain)
+            if self._check is not None:
+                self._check(plain)
         except Exception as exc:  # the codec's errors, msgspec's, RecursionError, ...
             raise DecodeError(f"malformed {_type_name(self.type)} value: {exc}") from exc
+        return value
+
+
+class _PydanticCodec(ValueCodec[Any]):
+    """Types involving pydantic models: pydantic's own serialisation and validation.
+
+    JSON is pydantic's native format (``dump_json``/``validate_json``, both in Rust).
+    Another format carries the same JSON-compatible data (``dump_python(mode="json")``)
+    and is validated *as JSON* on the way in, so every format accepts exactly what the
+    JSON codec accepts (strict models, aliases and custom serialisers included).
+    """
+
+    __slots__ = (
+        "_adapter",
+        "_codec",
+        "_extra",
+        "_json",
+        "_model",
+        "_to_json",
+    )
+
+    def __init__(self, tp: Any, codec: Codec, *, strict: bool) -> None:
+        import pydantic  # present: tp is a pydantic type, so the application imported it
+
+        self.type = tp
+        self.codec = codec
+        self.empty = None
+        try:
+            self._adapter: Any = pydantic.TypeAdapter(tp)
+            # Unresolved forward references fail here, not on the first write.
+            self._adapter.rebuild(raise_errors=True)
+        except Exception as exc:  # PydanticSchemaGenerationError, PydanticUserError, ...
+            raise ConfigurationError(
+                f"type {_type_name(tp)} is not a supported value type: {exc}"
+            ) from exc
+        # A top-level model is checked by isinstance first: the clearest message.
+        self._model: type[Any] | None = (
+            tp if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel) else None
+        )
+        self._extra = "forbid" if strict else None
+        self._json = type(codec) is JsonCodec
+        self._codec = codec
+        self._to_json = msgspec.json.Encoder().encode
+
+    def _validate(self, data: bytes) -> Any:
+        if not self._json:
+            data = self._to_json(self._codec.decode(data))
+        return self._adapter.validate_json(data, extra=self._extra)
+
+    def encode(self, value: Any) -> bytes:
+        if self._model is not None and not isinstance(value, self._model):
+            raise InvalidValue(_mismatch(value, self.type, "it is not an instance"))
+        try:
+            if self._json:
+                data: bytes = self._adapter.dump_json(
+                    value, by_alias=True, round_trip=True, warnings="error"
+                )
+            else:
+                plain = self._adapter.dump_python(
+                    value, mode="json", by_alias=True, round_trip=True, warnings="error"
+                )
+        except Exception as exc:  # PydanticSerializationError, unexpected-value warnings
+            raise InvalidValue(_mismatch(value, self.type, _reason(exc))) from exc
+        if not self._json:
+            data = _encode_plain(self._codec, plain, value)
+        try:
+            back = self._validate(data)
+        except Exception as exc:  # ValidationError, the codec's own errors, ...
+            raise InvalidValue(_mismatch(value, self.type, _reason(exc))) from exc
+        _check_round_trip(value, back, self.type)
+        return data
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._validate(data)
+        except Exception as exc:  # ValidationError, the codec's errors, RecursionError
+            raise DecodeError(f"malformed {_type_name(self.type)} value: {_reason(exc)}") from exc
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -380,6 +542,191 @@ def _has_wire_form(tp: Any) -> bool:
         and callable(getattr(cls, "to_wire", None))
         and (callable(getattr(cls, "from_wire", None)))
     )
+
+
+def _reason(exc: Exception) -> str:
+    """One line from an exception: pydantic's ValidationError lists its errors compactly."""
+    pydantic_core = sys.modules.get("pydantic_core")
+    if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError):
+        found = exc.errors(include_url=False, include_input=False)
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in found[:3]]
+        more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+        return "; ".join(parts) + more
+    return " ".join(str(exc).split())
+
+
+def _check_strict(strict: object) -> bool:
+    if not isinstance(strict, bool):
+        raise ConfigurationError(f"strict must be a bool, not {strict!r}")
+    return strict
+
+
+def _encode_plain(codec: Codec, plain: Any, value: Any) -> bytes:
+    """``codec.encode(plain)``, with any failure (or a non-bytes result) as InvalidValue."""
+    try:
+        data = codec.encode(plain)
+    except InvalidValue:
+        raise
+    except Exception as exc:  # a user's codec may fail in any way
+        raise InvalidValue(f"cannot encode {_short(value)}: {exc}") from exc
+    if not isinstance(data, bytes):
+        raise InvalidValue(f"codec {codec!r} returned {type(data).__name__}, not bytes")
+    return data
+
+
+def _walk_info(info: msgspec.inspect.Type) -> Iterator[msgspec.inspect.Type]:
+    """Every node of msgspec's description of a type, each once (types may recurse)."""
+    seen: set[int] = set()
+    stack = [info]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(_children(node))
+
+
+def _children(node: msgspec.inspect.Type) -> list[msgspec.inspect.Type]:
+    fields = getattr(node, "fields", None)
+    if fields is not None:
+        return [field.type for field in fields]
+    children = [getattr(node, name, None) for name in ("item_type", "key_type", "value_type")]
+    found = [child for child in children if child is not None]
+    found.extend(getattr(node, "item_types", ()) or ())
+    found.extend(getattr(node, "types", ()) or ())
+    if isinstance(node, msgspec.inspect.Metadata):
+        found.append(node.type)
+    return found
+
+
+def _uses_pydantic(tp: Any) -> bool:
+    """Whether ``tp`` is, or contains, a pydantic model or pydantic dataclass."""
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is None:  # nothing can be a pydantic model before pydantic is imported
+        return False
+    import pydantic.dataclasses
+
+    try:
+        info = msgspec.inspect.type_info(tp)
+    except Exception:  # not a type msgspec understands: _check_supported reports it
+        return False
+
+    def is_pydantic(cls: object) -> bool:
+        return isinstance(cls, type) and (
+            issubclass(cls, pydantic.BaseModel) or pydantic.dataclasses.is_pydantic_dataclass(cls)
+        )
+
+    return any(is_pydantic(getattr(node, "cls", None)) for node in _walk_info(info))
+
+
+# msgspec's descriptions of types whose instances are JSON objects with declared fields.
+# (attrs classes are described as DataclassType.)
+_FIELDED = (
+    msgspec.inspect.DataclassType,
+    msgspec.inspect.TypedDictType,
+    msgspec.inspect.StructType,
+)
+_MAPPINGS = (msgspec.inspect.DictType, msgspec.inspect.FrozenDictType)
+_SEQUENCES = (
+    msgspec.inspect.ListType,
+    msgspec.inspect.SetType,
+    msgspec.inspect.FrozenSetType,
+    msgspec.inspect.VarTupleType,
+)
+_ARRAYS = (*_SEQUENCES, msgspec.inspect.TupleType, msgspec.inspect.NamedTupleType)
+
+
+def _unknown_field_check(tp: Any) -> Callable[[Any], None] | None:
+    """A function raising ValueError when untyped decoded data has undeclared fields.
+
+    It walks the data alongside msgspec's description of ``tp`` (run after the typed
+    decode succeeded, so the data's shape already matches the type). ``None`` when
+    ``tp`` declares no fields anywhere, so there is nothing to check.
+    """
+    info = msgspec.inspect.type_info(tp)
+    if not any(isinstance(node, _FIELDED) for node in _walk_info(info)):
+        return None
+
+    def check(obj: Any) -> None:
+        _check_fields(info, obj, "$")
+
+    return check
+
+
+def _check_fields(info: msgspec.inspect.Type, obj: Any, path: str) -> None:
+    if isinstance(info, msgspec.inspect.Metadata):
+        _check_fields(info.type, obj, path)
+    elif isinstance(info, _FIELDED):
+        fields = info.fields
+        if isinstance(obj, list):  # an array_like Struct: fields by position
+            for position, item in zip(fields, obj, strict=False):
+                _check_fields(position.type, item, f"{path}[{position.encode_name}]")
+            return
+        if not isinstance(obj, dict):
+            return
+        declared = {field.encode_name: field for field in fields}
+        tag_field = getattr(info, "tag_field", None)
+        for key, item in obj.items():
+            known = declared.get(key)
+            if known is not None:
+                _check_fields(known.type, item, f"{path}.{key}")
+            elif key != tag_field:
+                raise ValueError(f"unknown field {key!r} at {path}")
+    elif isinstance(info, _SEQUENCES):
+        if isinstance(obj, list):
+            for i, item in enumerate(obj):
+                _check_fields(info.item_type, item, f"{path}[{i}]")
+    elif isinstance(info, msgspec.inspect.TupleType | msgspec.inspect.NamedTupleType):
+        if isinstance(obj, list):
+            types = (
+                info.item_types
+                if isinstance(info, msgspec.inspect.TupleType)
+                else [field.type for field in info.fields]
+            )
+            for i, (item_type, item) in enumerate(zip(types, obj, strict=False)):
+                _check_fields(item_type, item, f"{path}[{i}]")
+    elif isinstance(info, _MAPPINGS):
+        if isinstance(obj, dict):
+            for key, item in obj.items():
+                _check_fields(info.value_type, item, f"{path}[{key!r}]")
+    elif isinstance(info, msgspec.inspect.UnionType):
+        branch = _union_branch(info, obj)
+        if branch is not None:
+            _check_fields(branch, obj, path)
+
+
+def _union_branch(info: msgspec.inspect.UnionType, obj: Any) -> msgspec.inspect.Type | None:
+    """The member of a union that decoded ``obj`` (msgspec allows one per JSON shape,
+    or several tagged Structs, told apart by their tag)."""
+    candidates = [_unwrap(t) for t in info.types]
+    if isinstance(obj, dict):
+        objects = [
+            t
+            for t in candidates
+            if isinstance(t, _FIELDED + _MAPPINGS) and not getattr(t, "array_like", False)
+        ]
+        if len(objects) > 1:
+            objects = [
+                t
+                for t in objects
+                if isinstance(t, msgspec.inspect.StructType)
+                and t.tag_field is not None
+                and obj.get(t.tag_field) == t.tag
+            ]
+        return objects[0] if objects else None
+    if isinstance(obj, list):
+        arrays = [
+            t for t in candidates if isinstance(t, _ARRAYS) or getattr(t, "array_like", False)
+        ]
+        return arrays[0] if arrays else None
+    return None
+
+
+def _unwrap(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    while isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    return info
 
 
 def _check_supported(tp: Any) -> None:

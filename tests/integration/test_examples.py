@@ -23,6 +23,11 @@ EXPECTED: dict[str, str] = {
     "circuit_breaker.py": "breaker everywhere: {'pod-1': False, 'pod-2': False, 'pod-3': False}",
     "session_affinity.py": "pod-1 and pod-2 agree on every user's pod",
     "chat_cache.py": "all pods agree: True",
+    # Without arguments the web-app examples run a self-contained two-pod demo; their
+    # "serve" mode (two real server processes over Redis) is driven by
+    # test_sync_wsgi.py and test_fastapi_app.py.
+    "flask_app.py": "flask: a PUT on pod-a is visible on pod-b",
+    "fastapi_app.py": "fastapi: a push from pod-a reached the websocket on pod-b",
 }
 NEEDS_REDIS = {"redis.py"}
 
