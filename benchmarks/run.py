@@ -26,6 +26,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_tcp": ["--samples", "300", "--writes", "2000"],
     "bench_callreply": ["--calls", "300", "--users", "1000"],
     "bench_ydoc": ["--quick"],
+    "bench_yjs_bridge": ["--edits", "200", "--samples", "200"],
 }
 
 

@@ -33,7 +33,7 @@ Example:
     Message(kind=3, sender='pod-a', body=b'\\x00\\x00')
     >>> parts = encode(head, UPDATE, bytes(3000), limit=1024, message_id=2)
     >>> len(parts), all(len(p) <= 1024 for p in parts)
-    (3, True)
+    (4, True)
     >>> joiner = Reassembler(max_message=1 << 20, max_buffered=1 << 20)
     >>> [joiner.add("pod-a", decode(p).body, now=0.0) for p in parts][-1] == (UPDATE, bytes(3000))
     True

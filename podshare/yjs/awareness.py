@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AwarenessBridge", "awareness_key_prefix"]
 
+_WRITE_TIMEOUT = 5.0
+
 
 def awareness_key_prefix(topic: str) -> str:
     """The store key prefix of a room's awareness entries (``a:{topic}#``)."""
@@ -179,18 +181,22 @@ class AwarenessBridge:
         for client, entry in dirty.items():
             key = self._key(client)
             try:
-                if entry is None:
-                    if client in self._mine:
-                        self._mine.discard(client)
-                        await self._store.delete(key)
-                    continue
-                clock, state = entry
-                if len(state) > MAX_STATE_SIZE:
-                    self._report(DecodeError(f"awareness state of client {client} is too large"))
-                    continue
-                self._mine.add(client)
-                await self._store.set(key, [clock, state], ephemeral=True)
-                self.states_shared += 1
+                # Shielded, and short: a room closing right after its last client left
+                # must still tell the other pods that the client is gone.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_WRITE_TIMEOUT):
+                    if entry is None:
+                        if client in self._mine:
+                            await self._store.delete(key)
+                            self._mine.discard(client)
+                        continue
+                    clock, state = entry
+                    if len(state) > MAX_STATE_SIZE:
+                        error = DecodeError(f"awareness state of client {client} is too large")
+                        self._report(error)
+                        continue
+                    self._mine.add(client)
+                    await self._store.set(key, [clock, state], ephemeral=True)
+                    self.states_shared += 1
             except ClosedError:
                 return
             except Exception as exc:  # the local write stands; the store repairs peers

@@ -25,12 +25,18 @@ EXPECTED: dict[str, str] = {
     "circuit_breaker.py": "breaker everywhere: {'pod-1': False, 'pod-2': False, 'pod-3': False}",
     "session_affinity.py": "pod-1 and pod-2 agree on every user's pod",
     "chat_cache.py": "all pods agree: True",
+    "collab_server.py": "the editors on both pods agree: True",
 }
 # Examples written with an optional feature; they may be absent.
 OPTIONAL: set[str] = set()
 NEEDS_REDIS = {"redis.py"}
 # Third-party modules an example imports beyond podshare's core dependencies.
-NEEDS_MODULE = {"chat_cache.py": "pycrdt", "redis.py": "redis", "ws_routing.py": "websockets"}
+NEEDS_MODULE = {
+    "chat_cache.py": "pycrdt",
+    "collab_server.py": "pycrdt.websocket",
+    "redis.py": "redis",
+    "ws_routing.py": "websockets",
+}
 
 
 def _examples() -> list[str]:
