@@ -9,20 +9,21 @@ mesh or memory, with no Yjs server in between::
 
 The pieces:
 
-- :class:`RoomBridge` (what :func:`open_provider` opens): one live document in one room;
+- `RoomBridge` (what `open_provider` opens): one live document in one room;
   it survives transport faults, never echoes, fragments large updates, answers
   ``synced`` only once it holds the room's state, and runs anti-entropy by state
-  vectors. See :mod:`podshare.yjs.bridge`.
-- :mod:`podshare.yjs.server` (needs the ``yjs-server`` extra): a pycrdt-websocket
-  ``WebsocketServer`` whose rooms are bridged, with awareness (cursors, presence)
-  across pods; the recipe for a multi-server collaborative editor behind y-websocket
-  clients.
-- :mod:`podshare.yjs.persistence`: load and save rooms, so they outlive every pod.
-- :class:`TransportChannel`: a ``pycrdt.Channel`` for code that runs pycrdt's own
+  vectors. See [`podshare.yjs.bridge`][podshare.yjs.bridge].
+- [`podshare.yjs.server`][podshare.yjs.server] (needs the ``yjs-server`` extra): a
+  pycrdt-websocket ``WebsocketServer`` whose rooms are bridged, with awareness
+  (cursors, presence) across pods; the recipe for a multi-server collaborative editor
+  behind y-websocket clients.
+- [`podshare.yjs.persistence`][podshare.yjs.persistence]: load and save rooms, so they
+  outlive every pod.
+- `TransportChannel`: a ``pycrdt.Channel`` for code that runs pycrdt's own
   ``Provider`` (which echoes every edit it receives; prefer the bridge).
-- :func:`room_topic`: how room names (of any length) map to transport topics.
+- `room_topic`: how room names (of any length) map to transport topics.
 
-Why not a :class:`~podshare.Store` of :class:`~podshare.crdt.YDoc` values? Use that to
+Why not a [`Store`][podshare.Store] of [`YDoc`][podshare.crdt.YDoc] values? Use that to
 cache many documents as values; use this to keep one *live* ``Doc`` (with its observers,
 undo manager and so on) in sync, as a Yjs editor backend does.
 """
@@ -70,10 +71,10 @@ async def open_provider(
 ) -> AsyncIterator[RoomBridge]:
     """Keep ``doc`` in sync with every other pod's doc in ``room`` while inside.
 
-    Yields the :class:`RoomBridge`; its ``synced`` event is set once the pods in the
+    Yields the `RoomBridge`; its ``synced`` event is set once the pods in the
     room answered (or after ``sync_timeout``, 5 s by default, in a room where nobody
     answers). On exit, edits already made are sent first. ``options`` go to
-    :class:`RoomBridge` (``presence``, ``persistence``, ``sync_timeout``, ...).
+    `RoomBridge` (``presence``, ``persistence``, ``sync_timeout``, ...).
 
     Example::
 

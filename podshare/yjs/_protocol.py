@@ -10,8 +10,8 @@ An awareness update is ``count:varint`` then, per client, ``client:varint``
 strings count UTF-8 bytes, as lib0 writes them.
 
 Decoders check every length before slicing and raise
-:class:`~podshare.exceptions.DecodeError`; payloads are checked too (state vectors and
-v1 updates, with :mod:`podshare.crdt._yupdate`).
+[`DecodeError`][podshare.exceptions.DecodeError]; payloads are checked too (state vectors and
+v1 updates, with `podshare.crdt._yupdate`).
 
 Example:
     >>> entries = [AwarenessEntry(7, 3, '{"user":"ada"}')]
@@ -154,7 +154,7 @@ def decode_awareness(update: bytes) -> list[AwarenessEntry]:
 
     Raises:
         DecodeError: malformed, trailing bytes, a client id or clock beyond 53 bits, a
-            state over :data:`MAX_STATE_SIZE` bytes or not JSON.
+            state over `MAX_STATE_SIZE` bytes or not JSON.
     """
     count, pos = _read_uint(update, 0)
     entries: list[AwarenessEntry] = []

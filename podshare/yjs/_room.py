@@ -1,11 +1,10 @@
 """The sans-I/O core of a room bridge: one pycrdt Doc, messages in, messages out.
 
-:class:`RoomCore` knows the bridge protocol (:mod:`podshare.yjs._wire`) and nothing of
-transports, tasks or clocks: the shell (:class:`podshare.yjs.RoomBridge`) feeds it the
-document's transactions (:meth:`RoomCore.on_transaction`), received messages
-(:meth:`RoomCore.receive`, with the time) and its decisions (:meth:`RoomCore.hello`,
-:meth:`RoomCore.resync`, :meth:`RoomCore.expect`), then drains
-:meth:`RoomCore.data_to_send` and :meth:`RoomCore.errors_received` right after.
+`RoomCore` knows the bridge protocol (`podshare.yjs._wire`) and nothing of transports,
+tasks or clocks: the shell (`podshare.yjs.RoomBridge`) feeds it the document's
+transactions (`RoomCore.on_transaction`), received messages (`RoomCore.receive`, with
+the time) and its decisions (`RoomCore.hello`, `RoomCore.resync`, `RoomCore.expect`),
+then drains `RoomCore.data_to_send` and `RoomCore.errors_received` right after.
 
 The rules it follows:
 
@@ -17,9 +16,9 @@ The rules it follows:
   the answerer asks back (``SYNC1`` with ``REPLY``) only when it lacks something itself.
   Two pods that agree exchange two small messages per resync, whatever the content.
 - **Large messages** are fragmented below the transport's limit and joined within a
-  memory budget (:class:`~podshare.yjs._wire.Reassembler`).
+  memory budget (`podshare.yjs._wire.Reassembler`).
 - **Synced** once every expected peer answered this pod's ``HELLO`` (see
-  :meth:`RoomCore.expect`).
+  `RoomCore.expect`).
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ def _is_panic(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class RoomCounters:
-    """What a room's core did (mutable; :meth:`RoomCore.counters` copies are frozen)."""
+    """What a room's core did (mutable; `RoomCore.counters` copies are frozen)."""
 
     updates_sent: int = 0
     """Local edits sent (each once; merged edits count once)."""
@@ -79,7 +78,7 @@ class RoomCore:
     Args:
         doc: the live document; the core applies peers' updates to it.
         node_id: this pod's id in the room (no ``#``).
-        topic: the room's broadcast topic (:func:`~podshare.yjs.room_topic`).
+        topic: the room's broadcast topic ([`room_topic`][podshare.yjs.room_topic]).
         max_message_size: the transport's message limit; larger bodies are fragmented.
         max_update_size: the largest update accepted from a peer (and joined from
             fragments).
@@ -125,7 +124,7 @@ class RoomCore:
         self.applying = False
         #: The document changed since the shell last cleared this (persistence).
         self.changed = False
-        #: True once every expected peer answered the hello (see :meth:`expect`).
+        #: True once every expected peer answered the hello (see `expect`).
         self.synced = False
         #: Peers that answered since the last hello.
         self.answered: set[str] = set()
@@ -142,7 +141,7 @@ class RoomCore:
         self._local_size += len(update)
 
     def hello(self) -> None:
-        """Ask the room for its state: every peer answers (see :meth:`expect`)."""
+        """Ask the room for its state: every peer answers (see `expect`)."""
         self._hello_sent = True
         self.answered = set()
         self._sync1(self.topic, _wire.HELLO)
@@ -222,7 +221,7 @@ class RoomCore:
 
     @property
     def pending_local(self) -> int:
-        """Bytes of local edits waiting for :meth:`data_to_send`."""
+        """Bytes of local edits waiting for `data_to_send`."""
         return self._local_size
 
     # -- internals ---------------------------------------------------------------------

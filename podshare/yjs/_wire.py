@@ -1,7 +1,7 @@
 """The bridge's messages between pods: an envelope naming the sender, and fragments.
 
 Pods in a room talk over one broadcast topic and one inbox topic each (see
-:mod:`podshare.yjs._names`). Every message is an envelope::
+`podshare.yjs._names`). Every message is an envelope::
 
     version:u8 (2)  kind:u8  sender_len:u8  sender (UTF-8, 1..255 bytes)  body
 
@@ -21,10 +21,10 @@ and ``kind`` says what the body is:
 ``FRAGMENT``
     ``id`` ``index`` ``count`` ``total`` (unsigned LEB128 varints) ``kind:u8`` ``chunk``:
     one piece of a message whose body is larger than the transport's
-    ``max_message_size``. :class:`Reassembler` joins them, within a memory budget.
+    ``max_message_size``. `Reassembler` joins them, within a memory budget.
 
 Every decoder checks lengths before it slices and raises
-:class:`~podshare.exceptions.DecodeError`.
+[`DecodeError`][podshare.exceptions.DecodeError].
 
 Example:
     >>> head = header("pod-a")
@@ -121,7 +121,7 @@ def _read_uint(data: bytes, pos: int) -> tuple[int, int]:
 def header(sender: str) -> bytes:
     """The envelope header for messages from ``sender`` (everything before the body).
 
-    The kind byte is a placeholder that :func:`encode` overwrites.
+    The kind byte is a placeholder that `encode` overwrites.
     """
     raw = sender.encode()
     if not 1 <= len(raw) <= 255:
@@ -214,7 +214,7 @@ class Reassembler:
     bytes, a sender may have at most ``max_partials`` messages in progress, a message
     not complete within ``timeout`` seconds is dropped, and when the budget is full the
     oldest messages in progress are dropped first. Every drop is counted in
-    :attr:`dropped`; the bridge's state-vector resync repairs what was lost.
+    `dropped`; the bridge's state-vector resync repairs what was lost.
     """
 
     __slots__ = (

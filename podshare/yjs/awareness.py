@@ -3,10 +3,10 @@
 Yjs editors publish their users' presence with the y-protocols *awareness* protocol:
 each client has a state (JSON) and a clock it bumps on every change and every 15 s, and
 peers drop a client they have not heard from for 30 s. A server pod only sees its own
-clients; :class:`AwarenessBridge` carries the rest.
+clients; `AwarenessBridge` carries the rest.
 
 Each pod keeps its local clients' states in a shared podshare
-:class:`~podshare.Store` as *ephemeral* entries (``a:{topic}#{client}@{node}`` →
+[`Store`][podshare.Store] as *ephemeral* entries (``a:{topic}#{client}@{node}`` →
 ``[clock, state]``), so:
 
 - a state set on one pod reaches the others' ``pycrdt.Awareness`` (and, through
@@ -66,10 +66,10 @@ class AwarenessBridge:
     Args:
         awareness: the room's ``pycrdt.Awareness`` (pycrdt-websocket's ``YRoom.awareness``).
         store: an open ``Store`` shared by the pods (the presence store).
-        topic: the room's topic (:func:`~podshare.yjs.room_topic`).
+        topic: the room's topic ([`room_topic`][podshare.yjs.room_topic]).
         forward: called with a y-protocols awareness message for this pod's clients
             whenever another pod's client changed or left.
-        on_error: called with each :class:`~podshare.exceptions.PodshareError` met in the
+        on_error: called with each [`PodshareError`][podshare.exceptions.PodshareError] met in the
             background (a failed write is reported once per outage).
         logger: a stdlib logger (default ``podshare.yjs``).
 

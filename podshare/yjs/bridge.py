@@ -1,6 +1,6 @@
 """RoomBridge: a live pycrdt Doc kept in sync with every other pod in its room.
 
-The shell around :class:`~podshare.yjs._room.RoomCore`: it observes the document,
+The shell around `podshare.yjs._room.RoomCore`: it observes the document,
 subscribes to the room's topics, publishes what the core produces, and keeps doing so
 through transport faults. What it guarantees:
 
@@ -15,7 +15,7 @@ through transport faults. What it guarantees:
 - **No echoes.** A peer's update is applied without being sent again: one edit costs
   one message (the Yjs update plus an envelope of 3 bytes and the node id).
 - **Large updates travel**: fragmented below the transport's ``max_message_size``.
-- **Synced means synced**: :attr:`RoomBridge.synced` is set once this pod holds the
+- **Synced means synced**: `RoomBridge.synced` is set once this pod holds the
   room's state (every pod known to be in the room answered its hello), or after
   ``sync_timeout`` seconds (counted as ``synced_by_timeout``). Who is expected: the
   pods in the ``presence`` store's registry when given, else the number of other
@@ -71,7 +71,7 @@ def member_key_prefix(topic: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BridgeStats:
-    """A snapshot of a :class:`RoomBridge`'s counters (from :meth:`RoomBridge.stats`)."""
+    """A snapshot of a `RoomBridge`'s counters (from `RoomBridge.stats`)."""
 
     messages_sent: int
     """Messages published (fragments each count)."""
@@ -123,16 +123,16 @@ class RoomBridge:
 
     Args:
         doc: the live document (edit it on the event loop's thread).
-        transport: any open :class:`~podshare.transport.base.Transport`.
+        transport: any open [`Transport`][podshare.transport.base.Transport].
         room: the room's name, any string (mapped to a topic by
-            :func:`~podshare.yjs.room_topic`).
+            [`room_topic`][podshare.yjs.room_topic]).
         node_id: this pod's id in the room (at most 255 UTF-8 bytes, no ``#``); default
             the presence store's node id, else a random one. Every bridge of a room
             needs its own.
         presence: an open ``Store`` shared by the pods: the bridge registers itself
             there (an ephemeral entry) so joiners know whom to wait for.
         persistence: where the room is loaded from and saved to
-            (:class:`~podshare.yjs.persistence.RoomPersistence`).
+            ([`RoomPersistence`][podshare.yjs.persistence.RoomPersistence]).
         sync_timeout: the longest a joiner waits for its peers before counting as synced.
         resync_interval: seconds between anti-entropy rounds; ``None``: only after gaps
             and failures.
@@ -140,7 +140,7 @@ class RoomBridge:
         max_update_size: the largest update accepted from a peer, in bytes.
         max_buffered: bytes of incomplete fragmented messages held at most (default:
             twice ``max_update_size``).
-        on_error: called with each :class:`~podshare.exceptions.PodshareError` met in
+        on_error: called with each [`PodshareError`][podshare.exceptions.PodshareError] met in
             the background (malformed messages, the first failure of an outage).
         logger: a stdlib logger (default ``podshare.yjs``).
 
@@ -284,6 +284,7 @@ class RoomBridge:
             await tg.start(self._supervise, name=f"podshare yjs {self.topic} receive")
         except BaseException:
             self._state = "closed"
+            self._synced.set()  # nobody may wait forever on a bridge that never opened
             await stack.aclose()
             raise
         self._stack = stack
@@ -409,7 +410,7 @@ class RoomBridge:
             scope.cancel()  # the other reader too: the supervisor resubscribes both
 
     async def _await_synced(self) -> None:
-        """Set :attr:`synced` once the peers answered the hello, or at ``sync_timeout``.
+        """Set `synced` once the peers answered the hello, or at ``sync_timeout``.
 
         The timeout counts from entering, so a pod whose transport is down at first
         still serves its clients after ``sync_timeout``.

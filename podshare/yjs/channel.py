@@ -1,12 +1,12 @@
 """TransportChannel: a ``pycrdt.Channel`` over a podshare transport, for pycrdt's Provider.
 
-For code that runs ``pycrdt.Provider`` itself. :class:`~podshare.yjs.RoomBridge` is
+For code that runs ``pycrdt.Provider`` itself. [`RoomBridge`][podshare.yjs.RoomBridge] is
 the better choice for a live document (no echoes, presence, persistence, a ``synced``
 that waits for the content); this channel exists because pycrdt's ``Provider`` sends
 every transaction of its document, including those that applied a peer's update, so a
 room of N pods publishes each edit N times.
 
-It speaks the bridge's wire (:mod:`podshare.yjs._wire`), so channels and bridges share
+It speaks the bridge's wire (`podshare.yjs._wire`), so channels and bridges share
 rooms: the Provider's step 1 becomes a ``SYNC1``, its step 2 a ``SYNC2`` to the asker's
 inbox, its updates ``UPDATE`` messages; large ones are fragmented. Malformed messages
 are counted (``decode_errors``), reported to ``on_error`` and dropped before pycrdt
@@ -43,15 +43,15 @@ class TransportChannel:
     and ends iteration.
 
     Args:
-        transport: any :class:`~podshare.transport.base.Transport` (already open).
-        room: the document's name, any string (see :func:`~podshare.yjs.room_topic`).
+        transport: any [`Transport`][podshare.transport.base.Transport] (already open).
+        room: the document's name, any string (see [`room_topic`][podshare.yjs.room_topic]).
         node_id: this peer's id in the room (unique, 1 to 255 UTF-8 bytes, no ``#``);
             default a random one.
         doc: the ``pycrdt.Doc`` the provider syncs. Needed to ask a newcomer for its
             content and to resync; without it the channel only relays.
         resync_interval: seconds between broadcast resyncs; ``None`` (default): only
             after the transport reports a gap.
-        on_error: called with each :class:`~podshare.exceptions.PodshareError` for a
+        on_error: called with each [`PodshareError`][podshare.exceptions.PodshareError] for a
             dropped message.
         buffer: received messages queued for the provider before the readers wait.
 
@@ -237,7 +237,7 @@ class TransportChannel:
 
     async def send(self, message: bytes) -> None:
         """Send a Yjs sync message: a step 2 goes to the peer whose step 1 it answers
-        (the sender of the message :meth:`recv` returned last), the rest to the room.
+        (the sender of the message `recv` returned last), the rest to the room.
 
         Raises:
             DecodeError: ``message`` is not a Yjs sync message.

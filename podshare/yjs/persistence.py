@@ -1,15 +1,15 @@
 """Rooms that outlive every pod: a small hook to load and save a room's state.
 
-A :class:`~podshare.yjs.RoomBridge` given a ``persistence`` loads the room's saved state
+A [`RoomBridge`][podshare.yjs.RoomBridge] given a ``persistence`` loads the room's saved state
 when it opens (before it asks its peers, so a room reopened after a full restart starts
 from its last save), saves the whole state ``save_interval`` seconds after changes, and
 saves once more when it closes.
 
-Anything with two async methods is a persistence (:class:`RoomPersistence`). Several
+Anything with two async methods is a persistence (`RoomPersistence`). Several
 pods save the same room, each whenever it changed, so a backend that *replaces* the
 saved state can be overwritten by a pod that is briefly behind; a backend that *joins*
-states (as a CRDT) cannot lose an edit. :class:`StorePersistence` joins: it keeps rooms
-as :class:`~podshare.crdt.YDoc` values of a ``Store[YDoc]``, which merges, replicates
+states (as a CRDT) cannot lose an edit. `StorePersistence` joins: it keeps rooms
+as [`YDoc`][podshare.crdt.YDoc] values of a ``Store[YDoc]``, which merges, replicates
 and, with a durable store persistence, survives a full restart.
 
 Example:
@@ -58,13 +58,13 @@ class RoomPersistence(Protocol):
 
 
 class StorePersistence:
-    """Rooms as :class:`~podshare.crdt.YDoc` values of an open ``Store[YDoc]``.
+    """Rooms as [`YDoc`][podshare.crdt.YDoc] values of an open ``Store[YDoc]``.
 
     Saving joins the state into the room's value (Yjs's merge), so pods saving in any
     order never lose each other's edits; the store ships only the difference. Make the
     store durable with a store persistence backend and the rooms survive a full restart
     of every pod. Keys are ``key_prefix`` followed by the room's topic
-    (:func:`~podshare.yjs.room_topic`, which bounds their length).
+    ([`room_topic`][podshare.yjs.room_topic], which bounds their length).
 
     Example::
 

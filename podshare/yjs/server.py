@@ -1,7 +1,7 @@
 """A pycrdt-websocket server whose rooms span pods: multi-server Yjs for real editors.
 
 Needs the ``yjs-server`` extra (``pip install "podshare[yjs-server]"``: pycrdt-websocket
-and websockets). Run one :class:`YjsWebsocketServer` per pod, all on the same
+and websockets). Run one `YjsWebsocketServer` per pod, all on the same
 transport; y-websocket clients connect to any pod and edit together::
 
     async with (
@@ -13,22 +13,22 @@ transport; y-websocket clients connect to any pod and edit together::
 
 Each room (the websocket URL's path, without its query string) is a pycrdt-websocket
 ``YRoom`` bridged to the same room on every other pod by a
-:class:`~podshare.yjs.RoomBridge`, with:
+[`RoomBridge`][podshare.yjs.RoomBridge], with:
 
 - **sync only with the content**: a client's sync is answered once the pod holds the
   room's cross-pod state (every pod serving the room answered), or after the bridge's
   ``sync_timeout`` (5 s by default) when a pod stays silent;
-- **awareness across pods** (:class:`~podshare.yjs.awareness.AwarenessBridge`), with the
+- **awareness across pods** ([`AwarenessBridge`][podshare.yjs.awareness.AwarenessBridge]), with the
   clients of a pod that dies removed once the presence store sees it down, and a
   client's state removed when its connection closes, however it closes;
 - a new client receives the awareness states already known, at once;
 - **persistence** when ``room_options={"persistence": ...}`` is given
-  (:mod:`podshare.yjs.persistence`).
+  ([`podshare.yjs.persistence`][podshare.yjs.persistence]).
 
 A presence store (``Store("yjs-presence", transport)``) is opened by the server unless
 one is given; it holds the rooms' members and awareness entries, all ephemeral.
 
-:func:`provider_factory` is the smaller alternative for a plain ``WebsocketServer``:
+`provider_factory` is the smaller alternative for a plain ``WebsocketServer``:
 documents are bridged, but without awareness across pods or the wait for content.
 """
 
@@ -63,7 +63,7 @@ __all__ = [
 
 #: The name of the presence store a server opens when none is given.
 PRESENCE_STORE = "yjs-presence"
-#: The largest websocket message :func:`serve_websockets` accepts by default (a paste
+#: The largest websocket message `serve_websockets` accepts by default (a paste
 #: of that size still reaches the room).
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 
@@ -126,9 +126,9 @@ class _TrackedChannel:
 class BridgedRoom(YRoom):
     """A pycrdt-websocket room whose document and awareness span the pods.
 
-    Made by :class:`YjsWebsocketServer`; ``bridge`` is its
-    :class:`~podshare.yjs.RoomBridge`, ``awareness_bridge`` its
-    :class:`~podshare.yjs.awareness.AwarenessBridge`.
+    Made by `YjsWebsocketServer`; ``bridge`` is its
+    [`RoomBridge`][podshare.yjs.RoomBridge], ``awareness_bridge`` its
+    [`AwarenessBridge`][podshare.yjs.awareness.AwarenessBridge].
     """
 
     def __init__(
@@ -223,7 +223,7 @@ class YjsWebsocketServer(WebsocketServer):
             server opens ``Store("yjs-presence", transport)`` for its lifetime.
         node_id: this pod's id (for the presence store it opens); default the store's.
         room_options: keyword arguments for each room's
-            :class:`~podshare.yjs.RoomBridge` (``persistence``, ``sync_timeout``,
+            [`RoomBridge`][podshare.yjs.RoomBridge] (``persistence``, ``sync_timeout``,
             ``resync_interval``, ``on_error``, ...).
         presence_options: keyword arguments for the presence store it opens
             (``hydrate_timeout``, ``down_after``, ...).
@@ -231,7 +231,7 @@ class YjsWebsocketServer(WebsocketServer):
         exception_handler: as pycrdt-websocket's; default: log and keep serving.
 
     Use it as an async context manager, and hand it connections with
-    :func:`serve_websockets` (or ``await server.serve(channel)`` from any websocket
+    `serve_websockets` (or ``await server.serve(channel)`` from any websocket
     framework).
     """
 
@@ -330,9 +330,9 @@ def provider_factory(transport: Transport, **options: Any) -> Callable[..., Any]
     """A pycrdt-websocket ``provider_factory`` bridging each room's document.
 
     The smaller recipe: ``WebsocketServer(provider_factory=provider_factory(tr))``. The
-    documents are kept in sync across pods by a :class:`~podshare.yjs.RoomBridge` each
+    documents are kept in sync across pods by a [`RoomBridge`][podshare.yjs.RoomBridge] each
     (``options`` go to it); awareness does not cross pods and clients are answered at
-    once, even before the room's content arrived: use :class:`YjsWebsocketServer` for
+    once, even before the room's content arrived: use `YjsWebsocketServer` for
     both.
     """
 
