@@ -35,7 +35,6 @@ __all__ = [
     "delete_set_update",
     "encode_state_vector",
     "encode_structs",
-    "has_unordered_map",
     "is_v2_update",
     "parse_delete_set",
     "parse_state_vector",
@@ -179,78 +178,13 @@ def delete_set_update(ds: DeleteSet) -> bytes:
     return b"".join(parts)
 
 
-def has_unordered_map(update: bytes) -> bool:
-    """True if ``update`` holds a plain map of two or more keys (encoded in random order).
-
-    Such maps come from plain ``dict`` values (``Any`` objects) and from JSON embeds or
-    format attributes; shared ``pycrdt.Map`` types are items of their own and are fine.
-    """
-    r = _Reader(update)
-    for _ in range(r.uint()):
-        structs = r.uint()
-        r.uint()  # client
-        r.uint()  # clock
-        for _ in range(structs):
-            if _item_has_unordered_map(r):
-                return True
-    return False
-
-
-def _item_has_unordered_map(r: _Reader) -> bool:
-    info = r.u8()
-    ref = info & 0x1F
-    if ref in (_GC, _SKIP):
-        r.uint()
-        return False
-    if info & 0x80:  # origin
-        r.uint()
-        r.uint()
-    if info & 0x40:  # right origin
-        r.uint()
-        r.uint()
-    if info & 0xC0 == 0:  # no origins: the parent is written out
-        if r.uint() == 1:
-            r.string()  # a root type's name
-        else:
-            r.uint()
-            r.uint()
-        if info & 0x20:
-            r.string()  # parent sub (a map key)
-    if ref == _DELETED:
-        r.uint()
-    elif ref == _JSON:
-        return any(_json_has_unordered_map(r.string()) for _ in range(r.uint()))
-    elif ref == _BINARY:
-        r.take(r.uint())
-    elif ref == _STR:
-        r.string()
-    elif ref == _EMBED:
-        return _json_has_unordered_map(r.string())
-    elif ref == _FORMAT:
-        r.string()
-        return _json_has_unordered_map(r.string())
-    elif ref == _TYPE:
-        if r.uint() in (_XML_ELEMENT, _XML_HOOK):
-            r.string()
-    elif ref == _ANY:
-        found = False
-        for _ in range(r.uint()):
-            found = _any_has_unordered_map(r, 0) or found
-        return found
-    elif ref == _DOC:
-        r.string()
-        _any_has_unordered_map(r, 0)  # subdocument options: not content
-    else:
-        raise ValueError(f"unknown item content {ref}")
-    return False
-
-
-def _any_has_unordered_map(r: _Reader, depth: int) -> bool:
+def _skip_any(r: _Reader, depth: int) -> None:
+    """Read past one lib0 ``Any`` value (checking its layout)."""
     if depth > _MAX_DEPTH:
         raise ValueError("values nest too deep")
     tag = r.u8()
     if tag in (_UNDEFINED, _NULL, _FALSE, _TRUE):
-        return False
+        return
     if tag == _VARINT:
         r.skip_varint()
     elif tag == _F32:
@@ -262,20 +196,14 @@ def _any_has_unordered_map(r: _Reader, depth: int) -> bool:
     elif tag == _BUFFER:
         r.take(r.uint())
     elif tag == _OBJECT:
-        n = r.uint()
-        found = n > 1
-        for _ in range(n):
-            r.string()
-            found = _any_has_unordered_map(r, depth + 1) or found
-        return found
-    elif tag == _ARRAY:
-        found = False
         for _ in range(r.uint()):
-            found = _any_has_unordered_map(r, depth + 1) or found
-        return found
+            r.string()
+            _skip_any(r, depth + 1)
+    elif tag == _ARRAY:
+        for _ in range(r.uint()):
+            _skip_any(r, depth + 1)
     else:
         raise ValueError(f"unknown value tag {tag}")
-    return False
 
 
 def _json_has_unordered_map(text: str) -> bool:
@@ -382,11 +310,11 @@ def _content_length(r: _Reader, ref: int) -> int:
     elif ref == _ANY:
         n = r.uint()
         for _ in range(n):
-            _any_has_unordered_map(r, 0)
+            _skip_any(r, 0)
         return n
     elif ref == _DOC:
         r.string()
-        _any_has_unordered_map(r, 0)
+        _skip_any(r, 0)
     else:
         raise ValueError(f"unknown item content {ref}")
     return 1
@@ -597,7 +525,7 @@ def _scan_structs(data: bytes, *, stop_at_objects: bool) -> tuple[int, bool]:
                             return -1, True
                         found = True
                         r = _Reader(data, pos - 1)
-                        _any_has_unordered_map(r, 0)
+                        _skip_any(r, 0)
                         pos = r.pos
                     else:
                         raise ValueError(f"unknown value tag {tag}")
@@ -729,7 +657,7 @@ def _canonical_any(r: _Reader, depth: int) -> bytes:
         items = [_canonical_any(r, depth + 1) for _ in range(n)]
         return bytes([_ARRAY]) + _uint(n) + b"".join(items)
     r.pos = start
-    _any_has_unordered_map(r, depth)  # skips a scalar
+    _skip_any(r, depth)  # skips a scalar
     return r.data[start : r.pos]
 
 

@@ -284,6 +284,52 @@ async def test_a_silent_member_delays_synced_only_until_the_timeout() -> None:
         assert bridge.stats().synced_by_timeout
 
 
+class CountingTransport:
+    """A MemoryTransport that can count a topic's other subscribers (SubscriberCounting)."""
+
+    def __init__(self, inner: MemoryTransport, count: int | None) -> None:
+        self.inner = inner
+        self.count = count
+        self.asked: list[str] = []
+        self.max_message_size = inner.max_message_size
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        await self.inner.publish(topic, message)
+
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self.inner.subscribe(topic)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def remote_subscribers(self, topic: str) -> int | None:
+        self.asked.append(topic)
+        return self.count
+
+
+async def test_a_transport_that_counts_subscribers_tells_whom_to_wait_for() -> None:
+    async with pods(3) as [(ta, a), (tb, b), (tc, c)]:
+        # Nobody else subscribes to the room: synced at once, not at sync_timeout.
+        alone = CountingTransport(ta, 0)
+        async with RoomBridge(a, alone, "room") as pa:
+            with anyio.fail_after(1.0):
+                await pa.synced.wait()
+            assert alone.asked == [room_topic("room")]
+            assert not pa.stats().synced_by_timeout
+            a.get("t", type=Text).insert(0, "from a;")
+            b.get("log", type=Array).append("from b")
+            # Two others: both must answer before c counts as synced.
+            async with (
+                open_provider(b, tb, "room"),
+                RoomBridge(c, CountingTransport(tc, 2), "room") as pc,
+            ):
+                with anyio.fail_after(TIMEOUT):
+                    await pc.synced.wait()
+                assert text(c) == "from a;"
+                assert c.get("log", type=Array).to_py() == ["from b"]
+                assert not pc.stats().synced_by_timeout
+
+
 async def test_an_empty_room_is_synced_within_the_timeout() -> None:
     async with pods(1) as [(ta, a)], RoomBridge(a, ta, "room", sync_timeout=0.2) as bridge:
         with anyio.fail_after(TIMEOUT):
