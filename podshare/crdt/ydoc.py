@@ -24,12 +24,12 @@ pycrdt traps, and what this module does about them:
 - Yrs encodes plain JSON objects (a ``dict`` inserted by pycrdt, ``yarray.push([{...}])``
   in JavaScript) in random key order, which would give one document several encodings
   and make replica digests disagree forever. The canonical wire form sorts their keys
-  (:func:`podshare.crdt._yupdate.canonical_order`), so equal documents always encode
+  (`podshare.crdt._yupdate.canonical_order`), so equal documents always encode
   alike. The helpers still store dicts as shared ``pycrdt.Map`` types, which merge per
   key where a plain object is replaced whole.
 - Yrs reads a Yjs v2 update, or bytes that merely start like an update, as a valid and
-  often empty one. :meth:`YDoc.from_update` and :meth:`YDoc.from_wire` check the v1
-  layout first and raise :class:`~podshare.exceptions.DecodeError` (naming v2 updates);
+  often empty one. `YDoc.from_update` and `YDoc.from_wire` check the v1
+  layout first and raise [`DecodeError`][podshare.exceptions.DecodeError] (naming v2 updates);
   they never return an empty document for bytes that are not one.
 - pycrdt's ``Text`` offsets count UTF-8 bytes; an offset inside a multi-byte character
   silently corrupts the document. :meth:`YDoc.insert_text` and :meth:`YDoc.delete_text`
