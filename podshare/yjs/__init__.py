@@ -35,7 +35,10 @@ from contextlib import asynccontextmanager
 from logging import Logger
 from typing import Any
 
-import pycrdt
+try:
+    import pycrdt
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("podshare.yjs needs pycrdt: pip install 'podshare[yjs]'") from exc
 
 from podshare.exceptions import PodshareError
 from podshare.transport.base import Transport

@@ -248,6 +248,11 @@ class RoomBridge:
         return self._synced
 
     @property
+    def sync_timeout(self) -> float:
+        """The longest a joiner waits for its peers before counting as synced."""
+        return self._sync_timeout
+
+    @property
     def doc(self) -> pycrdt.Doc[Any]:
         """The live document."""
         return self._doc

@@ -42,7 +42,13 @@ from typing import Any, Self
 
 import anyio
 import pycrdt
-from pycrdt.websocket import WebsocketServer, YRoom
+
+try:
+    from pycrdt.websocket import WebsocketServer, YRoom
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "podshare.yjs.server needs pycrdt-websocket: pip install 'podshare[yjs-server]'"
+    ) from exc
 
 from podshare.exceptions import ConfigurationError, DecodeError
 from podshare.store.store import Store
@@ -68,6 +74,8 @@ PRESENCE_STORE = "yjs-presence"
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 
 _log = logging.getLogger("podshare.yjs")
+# Seconds a room's bridge may take to start, on top of its sync_timeout.
+_START_GRACE = 5.0
 
 
 def room_name(path: str) -> str:
@@ -193,7 +201,10 @@ class BridgedRoom(YRoom):
         """Serve one client: once the room holds its cross-pod state (or the bridge's
         ``sync_timeout`` passed), send it the known awareness states and run the Yjs
         protocol with it; when it leaves, remove the awareness states it announced."""
-        await self.bridge.synced.wait()  # bounded: the bridge sets it at sync_timeout
+        # The bridge sets it by sync_timeout after it opened; bounded here too, in case
+        # the room's provider never started.
+        with anyio.move_on_after(self.bridge.sync_timeout + _START_GRACE):
+            await self.bridge.synced.wait()
         tracked = _TrackedChannel(channel)
         known = self._known_states()
         try:

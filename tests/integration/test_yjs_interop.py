@@ -78,12 +78,14 @@ async def two_pods(
         yield p1, p2
 
 
-async def typing_session(c1: NodeClient, c2: NodeClient, during: Callable[[], Any]) -> None:
-    """Both clients type 26 letters each (5 ms apart); ``during`` runs meanwhile."""
+async def typing_session(
+    c1: NodeClient, c2: NodeClient, during: Callable[[NodeClient, NodeClient], Any]
+) -> None:
+    """Both clients type 104 letters each (5 ms apart); ``during`` runs meanwhile."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: c1.request("type", chars=LOWER * 4, interval=5))
         tg.start_soon(lambda: c2.request("type", chars=UPPER * 4, interval=5))
-        await during()
+        await during(c1, c2)
     final = await converged(c1, c2)
     assert final["length"] == 2 * 4 * 26
     for client in (c1, c2):
@@ -91,7 +93,9 @@ async def typing_session(c1: NodeClient, c2: NodeClient, during: Callable[[], An
         assert (await client.request("count", set=UPPER))["count"] == 4 * 26
 
 
-async def editors_on(p1: Pod, p2: Pod, during_typing: Callable[[], Any]) -> list[Any]:
+async def editors_on(
+    p1: Pod, p2: Pod, during_typing: Callable[[NodeClient, NodeClient], Any]
+) -> list[Any]:
     """The editing session; returns both rooms' bridge stats, taken before the clients leave."""
     async with node_client(p1.url, ROOM) as c1, node_client(p2.url, ROOM) as c2:
         await c1.event("synced")
@@ -125,9 +129,16 @@ async def _not(check: Any) -> bool:
 async def test_two_pods_over_redis_survive_a_restart_mid_typing(restartable_redis: Any) -> None:
     async with two_pods(redis_pods(restartable_redis)) as (p1, p2):
 
-        async def restart_redis() -> None:
-            await anyio.sleep(0.15)  # let both clients type a little first
+        async def restart_redis(c1: NodeClient, c2: NodeClient) -> None:
+            async def typed_a_little() -> bool:
+                mine = await c1.request("count", set=LOWER)
+                theirs = await c2.request("count", set=UPPER)
+                return bool(mine["count"] >= 10 and theirs["count"] >= 10)
+
+            await eventually(typed_a_little, "the clients never started typing")
             await anyio.to_thread.run_sync(restartable_redis.restart)
+            typed = await c1.request("count", set=LOWER)
+            assert typed["count"] < 4 * 26, "Redis restarted after the typing: proves nothing"
 
         stats = await editors_on(p1, p2, restart_redis)
         # Both pods lost Redis mid-typing (the test proves nothing otherwise) and resynced.
@@ -150,7 +161,7 @@ async def test_two_pods_over_tcp() -> None:
         async def opened(tr: Any) -> AsyncIterator[Any]:
             yield tr  # already open: the pods share the mesh built above
 
-        async def nothing() -> None:
+        async def nothing(c1: NodeClient, c2: NodeClient) -> None:
             pass
 
         async with two_pods([opened(t1), opened(t2)]) as (p1, p2):
