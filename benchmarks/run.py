@@ -27,6 +27,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_callreply": ["--calls", "300", "--users", "1000"],
     "bench_ydoc": ["--quick"],
     "bench_auth": ["--quick"],
+    "bench_yjs_bridge": ["--edits", "200", "--samples", "200"],
 }
 
 

@@ -1,10 +1,17 @@
 """Reading Yjs v1 binary encodings: state vectors, delete sets, and a scan of item contents.
 
-pycrdt exposes updates only as opaque bytes. :class:`~podshare.crdt.ydoc.YDoc` needs three
-facts Yrs does not give it: which deletes in an update could not be applied yet, the
-encoded delete set of a pending-only update in a canonical order, and whether an update
-holds plain ``dict`` values, which Yrs encodes in its hash map's random key order (so two
-encodings of one document would differ and replica digests would never agree).
+pycrdt exposes updates only as opaque bytes. :class:`~podshare.crdt.ydoc.YDoc` and the
+pycrdt bridge (:mod:`podshare.yjs`) need facts Yrs does not give them:
+
+- whether some bytes are one complete v1 update at all (:func:`check_update`): Yrs reads
+  a Yjs *v2* update, or an update followed by garbage, as a valid (often empty) update
+  and says nothing; :func:`is_v2_update` names the v2 case;
+- which deletes in an update could not be applied yet, and the encoded delete set of a
+  pending-only update in a canonical order;
+- one encoding of a state whatever Yrs's hash maps did (:func:`canonical_order`): plain
+  JSON objects (``yarray.push([{...}])`` in JavaScript, a ``dict`` in pycrdt) are encoded
+  in the random key order of Yrs's hash maps, so two encodings of one document differ,
+  and replica digests, which hash the encoding, would never agree.
 
 The format is lib0's (https://github.com/yjs/yjs/blob/main/src/utils/encoding.js):
 variable-length unsigned ints, length-prefixed strings and buffers, and the ``Any``
@@ -22,10 +29,13 @@ from typing import Any
 __all__ = [
     "DeleteSet",
     "Struct",
+    "canonical_order",
+    "check_state_vector",
+    "check_update",
     "delete_set_update",
     "encode_state_vector",
     "encode_structs",
-    "has_unordered_map",
+    "is_v2_update",
     "parse_delete_set",
     "parse_state_vector",
     "parse_update",
@@ -100,9 +110,24 @@ def parse_state_vector(sv: bytes) -> dict[int, int]:
     return out
 
 
+def check_state_vector(sv: bytes) -> dict[int, int]:
+    """Decode an encoded state vector, refusing trailing bytes (``ValueError``)."""
+    r = _Reader(sv)
+    out: dict[int, int] = {}
+    for _ in range(r.uint()):
+        client = r.uint()
+        out[client] = r.uint()
+    if not r.done():
+        raise ValueError("bytes after the end of a state vector")
+    return out
+
+
 def parse_delete_set(data: bytes, pos: int = 0) -> DeleteSet:
     """Decode a delete set starting at ``pos`` (ranges sorted and merged)."""
-    r = _Reader(data, pos)
+    return _read_delete_set(_Reader(data, pos))
+
+
+def _read_delete_set(r: _Reader) -> DeleteSet:
     ds: DeleteSet = {}
     for _ in range(r.uint()):
         client = r.uint()
@@ -153,78 +178,13 @@ def delete_set_update(ds: DeleteSet) -> bytes:
     return b"".join(parts)
 
 
-def has_unordered_map(update: bytes) -> bool:
-    """True if ``update`` holds a plain map of two or more keys (encoded in random order).
-
-    Such maps come from plain ``dict`` values (``Any`` objects) and from JSON embeds or
-    format attributes; shared ``pycrdt.Map`` types are items of their own and are fine.
-    """
-    r = _Reader(update)
-    for _ in range(r.uint()):
-        structs = r.uint()
-        r.uint()  # client
-        r.uint()  # clock
-        for _ in range(structs):
-            if _item_has_unordered_map(r):
-                return True
-    return False
-
-
-def _item_has_unordered_map(r: _Reader) -> bool:
-    info = r.u8()
-    ref = info & 0x1F
-    if ref in (_GC, _SKIP):
-        r.uint()
-        return False
-    if info & 0x80:  # origin
-        r.uint()
-        r.uint()
-    if info & 0x40:  # right origin
-        r.uint()
-        r.uint()
-    if info & 0xC0 == 0:  # no origins: the parent is written out
-        if r.uint() == 1:
-            r.string()  # a root type's name
-        else:
-            r.uint()
-            r.uint()
-        if info & 0x20:
-            r.string()  # parent sub (a map key)
-    if ref == _DELETED:
-        r.uint()
-    elif ref == _JSON:
-        return any(_json_has_unordered_map(r.string()) for _ in range(r.uint()))
-    elif ref == _BINARY:
-        r.take(r.uint())
-    elif ref == _STR:
-        r.string()
-    elif ref == _EMBED:
-        return _json_has_unordered_map(r.string())
-    elif ref == _FORMAT:
-        r.string()
-        return _json_has_unordered_map(r.string())
-    elif ref == _TYPE:
-        if r.uint() in (_XML_ELEMENT, _XML_HOOK):
-            r.string()
-    elif ref == _ANY:
-        found = False
-        for _ in range(r.uint()):
-            found = _any_has_unordered_map(r, 0) or found
-        return found
-    elif ref == _DOC:
-        r.string()
-        _any_has_unordered_map(r, 0)  # subdocument options: not content
-    else:
-        raise ValueError(f"unknown item content {ref}")
-    return False
-
-
-def _any_has_unordered_map(r: _Reader, depth: int) -> bool:
+def _skip_any(r: _Reader, depth: int) -> None:
+    """Read past one lib0 ``Any`` value (checking its layout)."""
     if depth > _MAX_DEPTH:
         raise ValueError("values nest too deep")
     tag = r.u8()
     if tag in (_UNDEFINED, _NULL, _FALSE, _TRUE):
-        return False
+        return
     if tag == _VARINT:
         r.skip_varint()
     elif tag == _F32:
@@ -236,20 +196,14 @@ def _any_has_unordered_map(r: _Reader, depth: int) -> bool:
     elif tag == _BUFFER:
         r.take(r.uint())
     elif tag == _OBJECT:
-        n = r.uint()
-        found = n > 1
-        for _ in range(n):
-            r.string()
-            found = _any_has_unordered_map(r, depth + 1) or found
-        return found
-    elif tag == _ARRAY:
-        found = False
         for _ in range(r.uint()):
-            found = _any_has_unordered_map(r, depth + 1) or found
-        return found
+            r.string()
+            _skip_any(r, depth + 1)
+    elif tag == _ARRAY:
+        for _ in range(r.uint()):
+            _skip_any(r, depth + 1)
     else:
         raise ValueError(f"unknown value tag {tag}")
-    return False
 
 
 def _json_has_unordered_map(text: str) -> bool:
@@ -356,11 +310,11 @@ def _content_length(r: _Reader, ref: int) -> int:
     elif ref == _ANY:
         n = r.uint()
         for _ in range(n):
-            _any_has_unordered_map(r, 0)
+            _skip_any(r, 0)
         return n
     elif ref == _DOC:
         r.string()
-        _any_has_unordered_map(r, 0)
+        _skip_any(r, 0)
     else:
         raise ValueError(f"unknown item content {ref}")
     return 1
@@ -420,3 +374,304 @@ def split_delete_set(ds: DeleteSet, sv: dict[int, int]) -> tuple[DeleteSet, Dele
                 start = max(clock, known)
                 later.setdefault(client, []).append((start, end - start))
     return now, later
+
+
+# -- validation -----------------------------------------------------------------------
+#
+# Yrs decodes leniently: a Yjs v2 update read as v1 is "no structs, an empty delete set"
+# followed by bytes it ignores, so it loads as an empty document with no error. The
+# check below walks the whole v1 layout and requires it to end exactly at the last byte.
+
+
+def check_update(update: bytes) -> None:
+    """Raise ``ValueError`` unless ``update`` is exactly one well-formed Yjs v1 update.
+
+    The layout is checked (every struct, content and the delete set, with nothing left
+    over), not the meaning: Yrs may still refuse an update that passes (callers map
+    that too). A v2 update gets a message that says so.
+
+    Example:
+        >>> check_update(b"\\x00\\x00")  # the empty update
+        >>> check_update(bytes.fromhex("00000000000001000000000000"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: a Yjs v2 update (Y.encodeStateAsUpdateV2); only v1 updates ...
+    """
+    try:
+        try:
+            end = _scan_structs(update, stop_at_objects=False)[0]
+        except IndexError:
+            raise ValueError("unexpected end of update") from None
+        r = _Reader(update, end)
+        _read_delete_set(r)
+        if not r.done():
+            raise ValueError("bytes after the end of the update")
+    except ValueError as exc:
+        if is_v2_update(update):
+            raise ValueError(
+                "a Yjs v2 update (Y.encodeStateAsUpdateV2); only v1 updates are supported "
+                "(Y.encodeStateAsUpdate)"
+            ) from None
+        raise ValueError(f"not a Yjs v1 update: {exc}") from None
+
+
+def is_v2_update(update: bytes) -> bool:
+    """True if ``update`` has the layout of a Yjs v2 update (``encodeStateAsUpdateV2``).
+
+    A v2 update starts with a zero feature flag and nine length-prefixed column buffers
+    (key clocks, clients, left and right clocks, infos, strings, parent infos, type refs,
+    lengths); the rest holds the remaining values and the delete set.
+    """
+    r = _Reader(update)
+    try:
+        if r.uint() != 0:
+            return False
+        for _ in range(9):
+            r.take(r.uint())
+    except ValueError:
+        return False
+    return not r.done()  # at least the rest: its struct count and delete set
+
+
+def _scan_structs(data: bytes, *, stop_at_objects: bool) -> tuple[int, bool]:
+    """Walk the structs of a v1 update: ``(offset of its delete set, objects seen)``.
+
+    "Objects" are plain JSON objects or arrays in ``Any`` items and any JSON, embed,
+    format or subdocument content (what :func:`canonical_order` may have to rewrite);
+    with ``stop_at_objects`` the walk returns ``(-1, True)`` at the first. The walk is
+    inlined, several times faster than the general reader, because it runs on every
+    small update received and every whole document encoded. Raises ``IndexError`` or
+    ``ValueError`` on malformed input.
+    """
+    pos = 0
+    found = False
+
+    def uint() -> int:
+        nonlocal pos
+        b = data[pos]
+        pos += 1
+        if b < 0x80:
+            return b
+        result, shift = b & 0x7F, 7
+        while True:
+            b = data[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+            if shift > 70:
+                raise ValueError("variable-length int too long")
+
+    def skip(n: int) -> None:
+        nonlocal pos
+        pos += n
+        if pos > len(data):
+            raise IndexError("unexpected end of update")
+
+    for _ in range(uint()):
+        count = uint()
+        uint()  # client
+        uint()  # clock
+        for _ in range(count):
+            info = data[pos]
+            pos += 1
+            ref = info & 0x1F
+            if ref in (_GC, _SKIP):
+                if not uint():
+                    raise ValueError("a struct of length 0")
+                continue
+            if info & 0x80:  # origin
+                uint()
+                uint()
+            if info & 0x40:  # right origin
+                uint()
+                uint()
+            if not info & 0xC0:  # no origins: the parent is written out
+                if uint() == 1:
+                    skip(uint())  # a root type's name
+                else:
+                    uint()
+                    uint()
+                if info & 0x20:
+                    skip(uint())  # parent sub (a map key)
+            if ref in (_STR, _BINARY):
+                skip(uint())
+            elif ref == _DELETED:
+                if not uint():
+                    raise ValueError("a struct of length 0")
+            elif ref == _TYPE:
+                if uint() in (_XML_ELEMENT, _XML_HOOK):
+                    skip(uint())
+            elif ref == _ANY:
+                n = uint()
+                if not n:
+                    raise ValueError("a struct of length 0")
+                for _ in range(n):
+                    tag = data[pos]
+                    pos += 1
+                    if tag in (_STRING, _BUFFER):
+                        skip(uint())
+                    elif tag == _VARINT:
+                        uint()
+                    elif tag in (_F64, _BIGINT):
+                        skip(8)
+                    elif tag == _F32:
+                        skip(4)
+                    elif tag in (_UNDEFINED, _NULL, _FALSE, _TRUE):
+                        pass
+                    elif tag in (_OBJECT, _ARRAY):
+                        if stop_at_objects:
+                            return -1, True
+                        found = True
+                        r = _Reader(data, pos - 1)
+                        _skip_any(r, 0)
+                        pos = r.pos
+                    else:
+                        raise ValueError(f"unknown value tag {tag}")
+            elif ref in (_JSON, _EMBED, _FORMAT, _DOC):
+                if stop_at_objects:
+                    return -1, True
+                found = True
+                r = _Reader(data, pos)
+                if _content_length(r, ref) <= 0:
+                    raise ValueError("a struct of length 0")
+                pos = r.pos
+            else:
+                raise ValueError(f"unknown item content {ref}")
+    return pos, found
+
+
+# -- one encoding per state -----------------------------------------------------------
+
+
+def canonical_order(update: bytes) -> bytes:
+    """``update`` with every plain JSON object's keys in sorted order; same meaning.
+
+    Yrs encodes plain objects (``Any`` maps, and the JSON of embeds, formats and old
+    JSON items) in its hash maps' random order, so one state has many encodings. The
+    key order of a plain object carries no meaning in Yjs, so sorting it gives the one
+    encoding every replica reaches. Returns ``update`` itself when nothing moved.
+
+    Raises:
+        ValueError: ``update`` is not a well-formed v1 update.
+
+    Example:
+        >>> import pycrdt
+        >>> doc = pycrdt.Doc()
+        >>> doc.get("a", type=pycrdt.Array).append({"b": 1, "a": 2, "c": 3})
+        >>> out = canonical_order(doc.get_update())
+        >>> out.index(b"\\x01a") < out.index(b"\\x01b") < out.index(b"\\x01c")
+        True
+    """
+    if not _holds_objects(update):
+        return update
+    r = _Reader(update)
+    out: list[bytes] = []
+    copied = 0  # update[:copied] is already in out
+    for _ in range(r.uint()):
+        count = r.uint()
+        r.uint()
+        r.uint()
+        for _ in range(count):
+            info = r.u8()
+            ref = info & 0x1F
+            if ref in (_GC, _SKIP):
+                r.uint()
+                continue
+            if info & 0x80:
+                r.uint()
+                r.uint()
+            if info & 0x40:
+                r.uint()
+                r.uint()
+            if info & 0xC0 == 0:
+                if r.uint() == 1:
+                    r.take(r.uint())
+                else:
+                    r.uint()
+                    r.uint()
+                if info & 0x20:
+                    r.take(r.uint())
+            if ref == _ANY:
+                for _ in range(r.uint()):
+                    start = r.pos
+                    canon = _canonical_any(r, 0)
+                    if canon != update[start : r.pos]:
+                        out.append(update[copied:start])
+                        out.append(canon)
+                        copied = r.pos
+            elif ref not in (_JSON, _EMBED, _FORMAT):
+                _content_length(r, ref)
+            else:
+                if ref == _FORMAT:
+                    r.take(r.uint())  # the attribute's name
+                strings = r.uint() if ref == _JSON else 1
+                for _ in range(strings):
+                    start = r.pos
+                    text = r.string()
+                    canon_text = _canonical_json(text)
+                    if canon_text is not None:
+                        raw = canon_text.encode()
+                        out.append(update[copied:start])
+                        out.append(_uint(len(raw)) + raw)
+                        copied = r.pos
+    _read_delete_set(r)
+    if not r.done():
+        raise ValueError("bytes after the end of the update")
+    if not out:
+        return update
+    out.append(update[copied:])
+    return b"".join(out)
+
+
+def _holds_objects(data: bytes) -> bool:
+    """Quickly: may ``data`` hold a plain object (so :func:`canonical_order` must walk)?
+
+    Malformed input answers True, leaving the verdict to the full walk.
+    """
+    try:
+        return _scan_structs(data, stop_at_objects=True)[1]
+    except (IndexError, ValueError):
+        return True
+
+
+def _canonical_any(r: _Reader, depth: int) -> bytes:
+    """Read one ``Any`` value; return its encoding with object keys sorted."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("values nest too deep")
+    start = r.pos
+    tag = r.u8()
+    if tag == _OBJECT:
+        n = r.uint()
+        entries: list[tuple[str, bytes]] = []
+        for _ in range(n):
+            key_start = r.pos
+            key = r.string()
+            key_raw = r.data[key_start : r.pos]
+            entries.append((key, key_raw + _canonical_any(r, depth + 1)))
+        entries.sort(key=lambda entry: entry[0])
+        return bytes([_OBJECT]) + _uint(n) + b"".join(raw for _, raw in entries)
+    if tag == _ARRAY:
+        n = r.uint()
+        items = [_canonical_any(r, depth + 1) for _ in range(n)]
+        return bytes([_ARRAY]) + _uint(n) + b"".join(items)
+    r.pos = start
+    _skip_any(r, depth)  # skips a scalar
+    return r.data[start : r.pos]
+
+
+def _canonical_json(text: str) -> str | None:
+    """The JSON ``text`` with object keys sorted, or None when it has no such object."""
+    if not _json_has_unordered_map(text):
+        return None
+    try:
+        return json.dumps(
+            json.loads(text),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    except ValueError:
+        return None

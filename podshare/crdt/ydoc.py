@@ -21,10 +21,16 @@ pycrdt traps, and what this module does about them:
   validate values first and raise :class:`~podshare.exceptions.InvalidValue`; inside
   :meth:`YDoc.edit` a panic is mapped to ``InvalidValue``; malformed bytes from the
   network raise :class:`~podshare.exceptions.DecodeError`.
-- Yrs encodes plain ``dict`` values in random key order, which would give one document
-  several encodings and make replica digests disagree forever. The helpers store dicts
-  as shared ``pycrdt.Map`` types (which also merge per key); an :meth:`YDoc.edit` that
-  inserts a plain dict of two or more keys raises ``InvalidValue``.
+- Yrs encodes plain JSON objects (a ``dict`` inserted by pycrdt, ``yarray.push([{...}])``
+  in JavaScript) in random key order, which would give one document several encodings
+  and make replica digests disagree forever. The canonical wire form sorts their keys
+  (`podshare.crdt._yupdate.canonical_order`), so equal documents always encode
+  alike. The helpers still store dicts as shared ``pycrdt.Map`` types, which merge per
+  key where a plain object is replaced whole.
+- Yrs reads a Yjs v2 update, or bytes that merely start like an update, as a valid and
+  often empty one. `YDoc.from_update` and `YDoc.from_wire` check the v1
+  layout first and raise [`DecodeError`][podshare.exceptions.DecodeError] (naming v2 updates);
+  they never return an empty document for bytes that are not one.
 - pycrdt's ``Text`` offsets count UTF-8 bytes; an offset inside a multi-byte character
   silently corrupts the document. :meth:`YDoc.insert_text` and :meth:`YDoc.delete_text`
   take character offsets and convert them.
@@ -80,6 +86,10 @@ _MAX_DEPTH = 32
 _MAX_PARTS = 64
 # Edits and merges after which a value's working Doc is rebuilt (see YDoc._squash).
 _SQUASH_EVERY = 64
+# Updates up to this size get the full layout check before Yrs reads them; larger ones
+# get it when Yrs found no content in them (the silent failure the check exists for),
+# which keeps the check off the path of large, well-formed documents.
+_CHECK_ALWAYS_BELOW = 64 * 1024
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -107,6 +117,22 @@ def _apply(doc: pycrdt.Doc[Any], update: bytes) -> None:
         raise DecodeError(f"not a valid Yjs update: {exc}") from exc
 
 
+def _check_layout(update: bytes) -> None:
+    """DecodeError unless ``update`` is one well-formed v1 update (v2 updates named)."""
+    try:
+        _yupdate.check_update(update)
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+def _canonical(update: bytes) -> bytes:
+    """Yrs's encoding of a state with plain objects' keys sorted (see canonical_order)."""
+    try:
+        return _yupdate.canonical_order(update)
+    except ValueError as exc:  # Yrs's own output: a scanner bug, not bad input
+        raise DecodeError(f"cannot scan a Yjs update: {exc}") from exc
+
+
 def _has_leftover(blob: bytes, sv_bytes: bytes, sv: dict[int, int]) -> bool:
     """True if a document at state ``sv`` could not integrate all of ``blob``."""
     rest = _get_update(blob, sv_bytes)
@@ -131,7 +157,7 @@ def _canonical_of(source: bytes) -> tuple[bytes, pycrdt.Doc[Any]]:
     fresh = _new_doc()
     if source != _EMPTY:
         _apply(fresh, source)
-    return fresh.get_update(), fresh
+    return _canonical(fresh.get_update()), fresh
 
 
 def _parse(blob: bytes) -> tuple[list[_yupdate.Struct], _yupdate.DeleteSet]:
@@ -277,8 +303,8 @@ class YDoc:
         chats["chat:42"].array("messages")
 
     Equal documents have equal :meth:`to_wire` forms (replica digests hash them).
-    Documents from other Yjs clients may hold plain JSON objects, which Yrs encodes in
-    random key order; they merge correctly but can make two replicas' digests differ.
+    That holds for documents with plain JSON objects too (other Yjs clients'
+    ``yarray.push([{...}])``): their keys are sorted in the wire form.
 
     Example:
         >>> doc = YDoc().insert_text("title", 0, "Hello")
@@ -299,6 +325,7 @@ class YDoc:
         "_parents",
         "_pending",
         "_raw",
+        "_raw_fresh",
         "_since_squash",
     )
 
@@ -311,6 +338,9 @@ class YDoc:
     _canon: bytes | None
     # Some encoding of the integrated state, or None while only the Doc holds it.
     _raw: bytes | None
+    # True when _raw was encoded by a Doc that decoded the state in one go: canonical
+    # but for plain objects' key order, so _canonical_bytes only sorts those.
+    _raw_fresh: bool
     # Parts whose dependencies have not arrived yet (see _settle), canonically encoded.
     _pending: tuple[bytes, ...]
     # A working Doc holding exactly the integrated state, which the next edit or merge
@@ -335,6 +365,7 @@ class YDoc:
     def __init__(self) -> None:
         self._canon = _EMPTY
         self._raw = None
+        self._raw_fresh = False
         self._pending = ()
         self._hot = []
         self._lease = []
@@ -378,25 +409,42 @@ class YDoc:
             return
         fresh = _new_doc(doc.client_id)
         _apply(fresh, doc.get_update())
-        self._canon = fresh.get_update()
+        self._canon = _canonical(fresh.get_update())
         self._raw = None
         self._hot.append(fresh)
         self._since_squash = 0
 
     @classmethod
-    def _from_blobs(cls, blobs: Iterable[bytes]) -> YDoc:
-        """Build a value from updates of any provenance (DecodeError if malformed)."""
+    def _from_blobs(cls, blobs: Iterable[bytes], *, trusted: bool = False) -> YDoc:
+        """Build a value from updates of any provenance (DecodeError if malformed).
+
+        ``trusted``: the updates come from Yrs in this process (no layout check).
+        """
         parts = [b for b in blobs if b and b != _EMPTY]
         if not parts:
             return cls()
+        if not trusted:
+            for part in parts:
+                if len(part) <= _CHECK_ALWAYS_BELOW:
+                    _check_layout(part)
         doc = _new_doc()
         for part in parts:
             _apply(doc, part)
         sv_bytes = doc.get_state()
         sv = _yupdate.parse_state_vector(sv_bytes)
+        if not trusted and not sv:
+            # Nothing integrated: either deletes only, or bytes Yrs misread as empty.
+            for part in parts:
+                if len(part) > _CHECK_ALWAYS_BELOW:
+                    _check_layout(part)
         if not any(_has_leftover(part, sv_bytes, sv) for part in parts):
-            # A Doc that decoded the state in one go encodes it canonically.
-            return cls._make(doc, canon=doc.get_update() if len(parts) == 1 else None)
+            new = cls._make(doc)
+            if len(parts) == 1:
+                # A Doc that decoded the state in one go encodes it canonically, but for
+                # plain objects' key order, which _canonical_bytes sorts when asked.
+                new._raw = doc.get_update()
+                new._raw_fresh = True
+            return new
         # Something waits for dependencies: redo it cleanly, struct by struct.
         doc = _new_doc()
         pending = _settle(doc, *_parse_all(parts))
@@ -425,6 +473,9 @@ class YDoc:
         return self._raw
 
     def _canonical_bytes(self) -> bytes:
+        if self._canon is None and self._raw_fresh and self._raw is not None:
+            self._canon = _canonical(self._raw)
+            self._raw = None
         if self._canon is None:
             source = self._bytes()
             self._canon, fresh = _canonical_of(source)
@@ -567,7 +618,7 @@ class YDoc:
         else:
             mine = self._bytes()
             diff = _get_update(mine, old_sv) if mine != _EMPTY else b""
-        return self._from_blobs((diff, *self._pending))
+        return self._from_blobs((diff, *self._pending), trusted=True)
 
     def to_wire(self) -> bytes | list[bytes]:
         """The canonical wire form: the Yjs update of the whole state (``bytes``).
@@ -585,7 +636,8 @@ class YDoc:
         """Decode :meth:`to_wire`'s form (a Yjs v1 update, or a list of them).
 
         Raises:
-            DecodeError: not bytes, too large, or not a valid Yjs update.
+            DecodeError: not bytes, too large, or not a valid Yjs v1 update (a Yjs v2
+                update, from ``Y.encodeStateAsUpdateV2``, is refused and named).
         """
         shape = f"a YDoc's wire form must be bytes or a list of 1 to {_MAX_PARTS} bytes"
         if isinstance(data, bytes | bytearray):
@@ -611,14 +663,23 @@ class YDoc:
         """Wrap a Yjs v1 update (``pycrdt.Doc.get_update()``, ``Y.encodeStateAsUpdate``).
 
         Raises:
-            DecodeError: ``update`` is not a valid Yjs update.
+            DecodeError: ``update`` is not a valid Yjs v1 update. Yjs v2 updates
+                (``Y.encodeStateAsUpdateV2``) are refused with a message that says so;
+                convert them with ``Y.convertUpdateFormatV2ToV1`` first.
+
+        Example:
+            >>> YDoc.from_update(bytes.fromhex("00000000000001000000000000"))
+            ... # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            podshare.exceptions.DecodeError: a Yjs v2 update (Y.encodeStateAsUpdateV2); ...
         """
         return cls.from_wire(update)
 
     @classmethod
     def from_doc(cls, doc: pycrdt.Doc[Any]) -> YDoc:
         """Snapshot a live ``pycrdt.Doc`` (the doc is not kept or changed)."""
-        return cls._from_blobs((doc.get_update(),))
+        return cls._from_blobs((doc.get_update(),), trusted=True)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -684,8 +745,7 @@ class YDoc:
 
         Raises:
             InvalidValue: pycrdt panicked on a value (an integer beyond 64 bits, a
-                non-``str`` map key), or the edit stored a plain ``dict`` of two or more
-                keys (use ``pycrdt.Map`` or the helpers, which convert dicts).
+                non-``str`` map key).
 
         Example:
             >>> from pycrdt import Array
@@ -716,17 +776,8 @@ class YDoc:
         if delta == _EMPTY:
             self._give_back(doc)
             return self
-        try:
-            unordered = _yupdate.has_unordered_map(delta)
-        except ValueError:
-            unordered = False  # a format this scanner does not know: Yrs made it, trust it
-        if unordered:
-            raise InvalidValue(
-                "the edit stored a plain dict with several keys, which Yjs encodes in "
-                "random order; store a pycrdt.Map instead (YDoc.append/set convert dicts)"
-            )
         new = self._finish(doc, self._pending, parents=(self,))
-        new._delta = self._from_blobs((delta,))
+        new._delta = self._from_blobs((delta,), trusted=True)
         return new
 
     def append(self, name: str, *values: Any) -> YDoc:

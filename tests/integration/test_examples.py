@@ -28,6 +28,7 @@ EXPECTED: dict[str, str] = {
     # test_sync_wsgi.py and test_fastapi_app.py.
     "flask_app.py": "flask: a PUT on pod-a is visible on pod-b",
     "fastapi_app.py": "fastapi: a push from pod-a reached the websocket on pod-b",
+    "collab_server.py": "the editors on both pods agree: True",
 }
 NEEDS_REDIS = {"redis.py"}
 
