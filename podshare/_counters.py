@@ -68,7 +68,7 @@ def _fields(obj: Any) -> tuple[Any, ...]:
     return tuple(getattr(obj, f.name) for f in dataclasses.fields(obj))
 
 
-def _refuse(self: Any, name: str, value: object = None) -> NoReturn:
+def _refuse(_self: Any, name: str, _value: object = None) -> NoReturn:
     raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
 

@@ -6,6 +6,9 @@ Catch :class:`PodshareError` to catch them all. The tree::
     ├── ConfigurationError        a bad option, named in the message (also ValueError)
     ├── ClosedError               the store, transport or endpoint is closed
     ├── InvalidValue              a value that cannot be stored or encoded (also ValueError)
+    ├── NotSynced                 require_sync: no synced peer handed its state over in time
+    ├── StoreNotEmpty             seed() on a store that already holds entries
+    ├── DuplicateNodeId           another live process uses this node id (reported, not raised)
     ├── TransportError            the wire failed: not connected, publish refused, ...
     │   └── MessageTooLarge       refused before it reached the wire
     ├── ProtocolError             bytes from the network that podshare will not accept
@@ -38,16 +41,19 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "DecodeError",
+    "DuplicateNodeId",
     "EndpointBusy",
     "FrameTooLarge",
     "InvalidValue",
     "MessageRefused",
     "MessageTooLarge",
     "NoRoute",
+    "NotSynced",
     "OwnerUnavailable",
     "PodshareError",
     "ProtocolError",
     "RemoteError",
+    "StoreNotEmpty",
     "TransportError",
 ]
 
@@ -66,6 +72,24 @@ class ClosedError(PodshareError):
 
 class InvalidValue(PodshareError, ValueError):
     """A value cannot be stored: it does not match the store's type or cannot be encoded."""
+
+
+class NotSynced(PodshareError, TimeoutError):
+    """``require_sync=True``: the store found peers but none handed its state over within
+    ``hydrate_timeout``."""
+
+
+class StoreNotEmpty(PodshareError):
+    """``Store.seed`` was called on a store that already holds entries."""
+
+
+class DuplicateNodeId(PodshareError):
+    """Another live process uses this process's node id.
+
+    Reported to ``on_error`` (and logged at ERROR) when detected; replicas keep
+    converging, but presence, routes and identity are ambiguous until every process has
+    its own id (``PODSHARE_NODE_ID`` or ``node_id=``).
+    """
 
 
 class TransportError(PodshareError):

@@ -132,7 +132,7 @@ def _close_all_at_exit() -> None:
     for resource in left:
         try:
             resource.close()
-        except Exception:  # one failing close must not keep the others open
+        except Exception:  # noqa: BLE001  # one failing close must not keep the others open
             _log.exception("closing %r at interpreter exit failed", resource)
 
 
@@ -318,7 +318,7 @@ class _PortalResource:
                 served.result()
             except concurrent.futures.CancelledError:
                 pass  # cancelled with the loop: nothing more to report
-            except BaseException as exc:  # re-raised below, once cleaned up
+            except BaseException as exc:  # noqa: BLE001  # re-raised below, once cleaned up
                 error = exc
             self._after_close()
         finally:
@@ -631,7 +631,7 @@ async def _delete_many(store: Store[Any], keys: list[str]) -> None:
     async def delete(key: str) -> None:
         try:
             await store.delete(key)
-        except Exception as exc:  # collected, and the first is raised once all are done
+        except Exception as exc:  # noqa: BLE001  # collected, and the first is raised once all are done
             errors.append(exc)
 
     async with anyio.create_task_group() as tg:
@@ -652,7 +652,7 @@ class _Forked:
         self.node_id = store.node_id
         self.value_type = store.value_type
 
-    def _closed(self, *args: object, **kwargs: object) -> NoReturn:
+    def _closed(self, *_args: object, **_kwargs: object) -> NoReturn:
         raise ClosedError(
             f"{self._what} was opened before this process forked: open stores in each "
             "process after the fork (gunicorn's post_fork hook, or on first use)"

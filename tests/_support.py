@@ -445,8 +445,8 @@ class RedisServer:
 # passwords (the servers' and the sentinels' differ, so a test shows they are kept apart).
 
 SENTINEL_SERVICE = "mymaster"
-MASTER_PASSWORD = "master-secret"  # noqa: S105  # a throwaway test server's
-SENTINEL_PASSWORD = "sentinel-secret"  # noqa: S105  # likewise
+MASTER_PASSWORD = "master-secret"  # a throwaway test server's
+SENTINEL_PASSWORD = "sentinel-secret"  # likewise
 
 
 class SentinelGroup:

@@ -201,7 +201,7 @@ def decode(data: bytes, *, max_size: int) -> Envelope:
             max_map_len=0,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises ValueError, its own errors, TypeError...
+    except Exception as exc:  # noqa: BLE001  # msgpack raises ValueError, its own errors, TypeError...
         raise DecodeError(f"not a callreply envelope: {type(exc).__name__}: {exc}") from None
     if type(obj) is not list or len(obj) < 2:
         raise DecodeError("callreply envelope is not an array of at least two items")

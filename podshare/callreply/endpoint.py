@@ -69,6 +69,7 @@ import itertools
 import logging
 import math
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -79,6 +80,7 @@ import anyio
 import anyio.abc
 
 from podshare._counters import StatsRecord
+from podshare._identity import reserve
 from podshare._limits import (
     MAX_NAMESPACE_LENGTH,
     MAX_NODE_ID_LENGTH,
@@ -223,7 +225,8 @@ class Endpoint(Service):
 
     Args:
         transport: the transport every pod of the fleet shares.
-        node_id: this pod's id (unique in the fleet; no ``#``); random when omitted.
+        node_id: this pod's id (unique in the fleet; no ``#``). Default: the process's id
+            (``PODSHARE_NODE_ID``, else host name and pid), as for stores.
         namespace: endpoints only see routes and calls of their own namespace.
         call_timeout: default seconds a :meth:`call` waits for its reply.
         max_concurrency: handlers this endpoint runs at once; beyond it callers get
@@ -285,10 +288,16 @@ class Endpoint(Service):
             raise ConfigurationError(
                 f"transport must implement publish(), subscribe() and aclose(), not {transport!r}"
             )
-        if node_id is None:
-            node_id = f"cr-{secrets.token_hex(6)}"
-        self._node_id = check_name(node_id, "node_id", MAX_NODE_ID_LENGTH)
+        if node_id is not None:
+            check_name(node_id, "node_id", MAX_NODE_ID_LENGTH)
         self._namespace = check_name(namespace, "namespace", MAX_NAMESPACE_LENGTH)
+        # One identity per process: the process's node id (a derived one for a second
+        # endpoint of the same namespace in this process), shared with the route store.
+        from podshare.callreply._store_routes import route_store_name
+
+        self._reservation = reserve(route_store_name(self._namespace), node_id)
+        weakref.finalize(self, self._reservation.release)
+        self._node_id = self._reservation.node_id
         if (
             isinstance(call_timeout, bool)
             or not isinstance(call_timeout, int | float)
@@ -374,6 +383,9 @@ class Endpoint(Service):
         finally:
             self._serving = None
             stopped.set()
+
+    def _closed(self) -> None:
+        self._reservation.release()
 
     async def _close(self) -> None:
         for pending in self._pending.values():
@@ -821,7 +833,7 @@ class Endpoint(Service):
             with running.scope:
                 try:
                     result: object = await handler(request.payload)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001  # counted and reported below
                     self._stats.handler_errors += 1
                     if self._abandoned(running):
                         late_error = exc  # nobody waits for this call any more

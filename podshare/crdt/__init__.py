@@ -30,6 +30,7 @@ from podshare.crdt.clock import HLC as HLC
 from podshare.crdt.clock import Stamp as Stamp
 from podshare.crdt.gset import GSet as GSet
 from podshare.crdt.merger import LWW as LWW
+from podshare.crdt.merger import FunctionMerger as FunctionMerger
 from podshare.crdt.merger import Merger as Merger
 from podshare.crdt.merger import SelfMerger as SelfMerger
 from podshare.crdt.merger import as_merger as as_merger
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HLC",
     "LWW",
+    "FunctionMerger",
     "GSet",
     "Merger",
     "ORSet",

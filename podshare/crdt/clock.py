@@ -98,8 +98,8 @@ class HLC:
     Args:
         origin: this node's id, written into every stamp (1 to 256 characters).
         time_source: returns wall-clock milliseconds since the epoch; tests pass a fake.
-        max_skew_ms: a remote stamp more than this far ahead of the local wall clock is
-            reported by :meth:`observe` (the clock still advances past it).
+        max_skew_ms: the clock follows a remote stamp at most this far ahead of the local
+            wall clock; :meth:`observe` reports stamps beyond.
 
     Raises:
         ConfigurationError: a bad argument; the message names it.
@@ -117,6 +117,8 @@ class HLC:
         Stamp(time=5000, counter=8, origin='pod-a')
         >>> clock.observe(Stamp(100_000, 0, "pod-c"))  # more than 60 s ahead: reported
         True
+        >>> clock.now()                       # ... and followed only up to 60 s ahead
+        Stamp(time=61000, counter=1, origin='pod-a')
     """
 
     __slots__ = ("_last", "_max_skew_ms", "_origin", "_time_source")
@@ -178,13 +180,17 @@ class HLC:
         return stamp
 
     def observe(self, remote: Stamp) -> bool:
-        """Advance past ``remote`` so every later :meth:`now` orders after it.
+        """Advance past ``remote`` so every later :meth:`now` orders after it, within bounds.
+
+        The clock moves past ``remote`` only while ``remote.time`` is at most
+        ``max_skew_ms`` ahead of the local wall clock; a stamp further ahead moves it to
+        that bound and no further, so a single stamp from a far-future clock (or a
+        forged one) can neither drag every later stamp along nor push them out of the
+        wire's range.
 
         Returns:
             True when ``remote.time`` is more than ``max_skew_ms`` ahead of the local wall
-            clock, for the caller to count and report. The clock advances either way, so
-            replicas cannot diverge; it only means this node's stamps run ahead of its
-            wall clock until the wall clock catches up.
+            clock, for the caller to count and report.
 
         Example:
             >>> clock = HLC("a", time_source=lambda: 0)
@@ -192,7 +198,19 @@ class HLC:
             False
             >>> clock.now() > Stamp(10, 3, "b")
             True
+            >>> clock.observe(Stamp(10**12, 0, "c")), clock.now().time
+            (True, 60000)
         """
+        bound = self._time_source() + self._max_skew_ms
+        if remote.time > bound:
+            capped = Stamp(bound, 0, "")
+            if capped > self._last:
+                self._last = capped
+            return True
         if remote > self._last:
             self._last = remote
-        return remote.time > self._time_source() + self._max_skew_ms
+        return False
+
+    def peek(self) -> int:
+        """The time every stamp issued from now on will be at or after (no stamp is issued)."""
+        return max(self._time_source(), self._last.time)

@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from podshare.crdt.clock import Stamp
 from podshare.exceptions import DecodeError
 
-__all__ = ["LWW", "Merger", "SelfMerger", "as_merger", "merger_for"]
+__all__ = ["LWW", "FunctionMerger", "Merger", "SelfMerger", "as_merger", "merger_for"]
 
 T = TypeVar("T")
 
@@ -86,6 +86,41 @@ class SelfMerger(Generic[T]):
         return hash((SelfMerger, self.type))
 
 
+class FunctionMerger(Generic[T]):
+    """A merger made of a plain function ``(a, b) -> T`` (the Go library's ``WithMerger``).
+
+    The function must be a join (commutative, associative, idempotent): prove it with
+    :func:`podshare.testing.check_merger` like any merger. ``empty`` is optional.
+
+    Example:
+        >>> m = FunctionMerger(max, empty=lambda: 0)
+        >>> m.merge(3, 5), m.empty()
+        (5, 0)
+    """
+
+    __slots__ = ("_empty", "fn")
+
+    def __init__(self, fn: Callable[[T, T], T], *, empty: Callable[[], T] | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"a merge function must be callable, not {fn!r}")
+        #: The join function.
+        self.fn = fn
+        self._empty = empty
+
+    def merge(self, a: T, b: T, /) -> T:
+        """Return ``fn(a, b)``."""
+        return self.fn(a, b)
+
+    def empty(self) -> T:
+        """The bottom value, if one was given (``TypeError`` otherwise)."""
+        if self._empty is None:
+            raise TypeError("this merge function has no empty value")
+        return self._empty()
+
+    def __repr__(self) -> str:
+        return f"FunctionMerger({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
 def merger_for(tp: Any) -> SelfMerger[Any] | None:
     """Return the merger of value type ``tp``, or None when ``tp`` does not merge itself.
 
@@ -125,7 +160,12 @@ def as_merger(obj: Any) -> Merger[Any]:
     if callable(getattr(obj, "merge", None)):
         merger: Merger[Any] = obj
         return merger
-    raise TypeError(f"{obj!r} is neither a Merger nor a type with a merge(self, other) method")
+    if callable(obj):
+        return FunctionMerger(obj)
+    raise TypeError(
+        f"{obj!r} is neither a Merger, a type with a merge(self, other) method, nor a "
+        "function (a, b) -> value"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -609,7 +609,7 @@ def _uses_pydantic(tp: Any) -> bool:
 
     try:
         info = msgspec.inspect.type_info(tp)
-    except Exception:  # not a type msgspec understands: _check_supported reports it
+    except Exception:  # noqa: BLE001  # not a type msgspec understands: _check_supported reports it
         return False
 
     def is_pydantic(cls: object) -> bool:
@@ -788,7 +788,7 @@ def _type_name(tp: Any) -> str:
 def _short(obj: Any) -> str:
     try:
         text = repr(obj)
-    except Exception:  # a broken __repr__ must not hide the real error
+    except Exception:  # noqa: BLE001  # a broken __repr__ must not hide the real error
         text = f"<{type(obj).__name__} object>"
     if len(text) > _REPR_LIMIT:
         text = text[: _REPR_LIMIT - 3] + "..."

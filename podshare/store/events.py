@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from podshare._counters import StatsRecord
+
 if TYPE_CHECKING:
     from podshare.crdt.clock import Stamp
 
@@ -17,13 +19,15 @@ T = TypeVar("T")
 class EventKind(enum.Enum):
     """What an :class:`Event` reports.
 
-    ``SET`` and ``DELETE`` describe keys. ``NODE_UP`` and ``NODE_DOWN`` describe
-    membership (their ``key`` is the node id) and reach only watchers opened with
-    ``members=True``.
+    ``SET``, ``DELETE`` and ``EXPIRED`` describe keys (``EXPIRED``: an entry written with
+    ``ttl=`` reached its end, at the same stamp-derived instant on every replica).
+    ``NODE_UP`` and ``NODE_DOWN`` describe membership (their ``key`` is the node id) and
+    reach only watchers opened with ``members=True``.
     """
 
     SET = "set"
     DELETE = "delete"
+    EXPIRED = "expired"
     NODE_UP = "node_up"
     NODE_DOWN = "node_down"
 
@@ -53,12 +57,12 @@ class Event(Generic[T]):
     stamp: Stamp | None
 
 
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """A snapshot of one store's counters, from :meth:`Store.stats`.
+@dataclass(slots=True)
+class Stats(StatsRecord):
+    """One store's counters and gauges, from :meth:`Store.stats` (a frozen snapshot).
 
-    Counters only grow, except the gauges ``watchers_active``, ``keys``,
-    ``tombstones``, ``members`` and ``hydration_seconds``.
+    Counters only grow; the gauges are ``watchers_active``, ``keys``, ``tombstones``,
+    ``members``, ``writers_known`` and ``hydration_seconds``.
     """
 
     writes_local: int = 0
@@ -67,6 +71,12 @@ class Stats:
     """Remote writes that changed this replica's state."""
     writes_stale: int = 0
     """Remote writes ignored because this replica already had something newer."""
+    writes_refused: int = 0
+    """Remote entries refused because this replica held and deleted them (the delete's
+    tombstone already compacted); the sender is told to forget them."""
+    stamps_refused: int = 0
+    """Remote entries refused because their stamp was too far ahead of this node's clock
+    (more than twice ``max_clock_skew``); anti-entropy brings them once time catches up."""
     events_dispatched: int = 0
     """Events delivered into watcher buffers."""
     watchers_active: int = 0
@@ -76,9 +86,13 @@ class Stats:
     keys: int = 0
     """Live keys."""
     tombstones: int = 0
-    """Deleted keys still remembered (for ``tombstone_ttl``)."""
+    """Deleted keys still remembered."""
     tombstones_compacted: int = 0
-    """Tombstones forgotten after ``tombstone_ttl``."""
+    """Tombstones forgotten (see the horizon rule in ``docs/concepts.md``)."""
+    expired: int = 0
+    """Entries written with ``ttl=`` that expired here."""
+    ephemeral_expired: int = 0
+    """Ephemeral entries removed because their writer went down."""
     messages_sent: int = 0
     """Messages published."""
     messages_received: int = 0
@@ -90,14 +104,22 @@ class Stats:
     decode_errors: int = 0
     """Received messages or values that could not be decoded and were skipped."""
     clock_skew_reports: int = 0
-    """Stamps seen further ahead of the local clock than ``max_clock_skew``."""
+    """Messages whose sender's clock was more than ``max_clock_skew`` ahead of this one."""
     refreshes: int = 0
-    """Completed refreshes (digest exchanges), automatic or requested."""
+    """Completed syncs (digest exchanges or full transfers) this replica asked for."""
+    syncs_failed: int = 0
+    """Syncs this replica asked for that did not complete (timeout, refusal, busy peer)."""
+    syncs_served: int = 0
+    """Syncs this replica answered for a peer."""
+    sync_bytes_sent: int = 0
+    """Bytes of sync traffic (digests, summaries, entry streams) this replica sent."""
     hydration_seconds: float = 0.0
-    """How long the initial hydration took."""
+    """How long the initial hydration took (0 until synced)."""
     peers_seen: int = 0
-    """Distinct other nodes this replica has heard from."""
+    """Distinct other replicas of this store this replica has heard from."""
     members: int = 0
-    """Nodes currently alive (this one included)."""
-    ephemeral_expired: int = 0
-    """Ephemeral entries removed because their writer went down."""
+    """Replicas of this store currently alive (this one included)."""
+    writers_known: int = 0
+    """Writers the horizon remembers (see ``docs/concepts.md``)."""
+    duplicate_node_ids: int = 0
+    """Times another live process was seen using this replica's node id."""

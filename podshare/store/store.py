@@ -1,27 +1,29 @@
 """The anyio driver: :class:`Store`, a replicated ``dict[str, T]`` over a transport.
 
 The store is a thin shell around the sans-I/O :class:`~podshare.store.replica.Replica`:
-it moves received bytes and the wall clock into the replica, publishes what the replica
-queues, and dispatches the events the replica returns to watchers. All of its background
-work (receive loops, the flusher that publishes write batches, the ticker, anti-entropy)
-runs in a task group owned by ``async with Store(...)``, so nothing outlives the block.
+it moves received bytes and the wall clock into the core, and after every input drains
+the core's outputs — events to watchers, errors to ``on_error``, messages to the
+transport, finished syncs to whoever waits for them. It never reads the core's counters
+to learn what happened. Background work (receivers, the flusher, the ticker,
+anti-entropy, and the process's shared liveness stream when this store hosts it) runs in
+the task group of :class:`~podshare._service.Service`, owned by ``async with``.
 
 Write path (group commit): a write is applied to the replica at once (reads see it
-immediately, watchers get their event), then the writer waits for the flusher to
-publish the batch that holds it. Writes made while a batch is being published coalesce
-into the next one, so many concurrent writers cost a few messages, not one each.
+immediately, watchers get their event), then the writer waits for the batch holding it
+to be published. When no publish is under way the writer publishes its batch itself
+(no task switch on the latency path); otherwise the flusher publishes every write made
+meanwhile as one batch when the current round ends.
 """
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import math
-import os
 import random
-import secrets
-import socket
 import time
+import weakref
 from collections.abc import (
     Awaitable,
     Callable,
@@ -31,27 +33,47 @@ from collections.abc import (
     KeysView,
     Mapping,
 )
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import replace
-from types import TracebackType
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, overload
 
 import anyio
-from anyio.abc import TaskGroup
+import anyio.abc
 
-from podshare.crdt.merger import Merger, merger_for
+from podshare._identity import reserve
+from podshare._limits import (
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_NODE_ID_LENGTH,
+    check_key,
+    check_name,
+    type_name,
+)
+from podshare._service import DEFAULT_CLOSE_TIMEOUT, Service
+from podshare.crdt.clock import Stamp
+from podshare.crdt.merger import Merger, as_merger, merger_for
 from podshare.exceptions import (
     ClosedError,
     ConfigurationError,
+    DuplicateNodeId,
     InvalidValue,
+    NotSynced,
     PodshareError,
     TransportError,
 )
 from podshare.store.codec import Codec, ValueCodec, value_codec
 from podshare.store.events import Event, Stats
+from podshare.store.liveness import LivenessAgent, agent_for
+from podshare.store.membership import LivenessOptions, MemberEvent
 from podshare.store.replica import Outgoing, Replica, ReplicaOptions
+from podshare.store.sync import SyncFinished
 from podshare.store.watch import Watch, WatcherRegistry, check_buffer
-from podshare.transport.base import GapReporting, Transport, max_message_size
+from podshare.transport.base import (
+    ClusterReadiness,
+    GapReporting,
+    SubscriberCounting,
+    Transport,
+    max_message_size,
+)
 
 __all__ = ["MAX_KEY_LENGTH", "MAX_NAME_LENGTH", "Store"]
 
@@ -59,33 +81,41 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 D = TypeVar("D")
 
-#: Longest key accepted, in characters.
-MAX_KEY_LENGTH = 1024
-#: Longest store name accepted, in characters (internals §3).
-MAX_NAME_LENGTH = 200
-#: Longest node id accepted, in characters (a stamp's origin is capped at this on the wire).
-MAX_NODE_ID_LENGTH = 256
-
 _MISSING: Any = object()
 _log = logging.getLogger("podshare.store")
 
-# How long close() spends publishing the last batch and the goodbye before giving up.
-_CLOSE_FLUSH_TIMEOUT = 2.0
-# The shortest bound refresh() waits for a digest exchange to complete.
+# The shortest bound refresh() waits for an exchange to complete.
 _MIN_REFRESH_TIMEOUT = 1.0
-# Backoff of the retries of a gap's refresh that did not complete: the first delay, and
-# the cap (further capped by anti_entropy_interval).
+# A gap's repair retries with backoff from this delay up to this cap (seconds).
 _RETRY_MIN = 0.1
 _RETRY_MAX = 5.0
+# Exchanges a gap's repair tries before waiting for the next round.
+_REPAIR_PEERS = 3
+# A message this large is applied with the cyclic garbage collector paused (see _apply).
+_BULK_BYTES = 64 * 1024
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _default_node_id() -> str:
-    host = socket.gethostname().replace("#", "-")[:64] or "node"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+# transport -> store name -> replicas of it open in this process on that transport. A
+# transport counts other *processes*; replicas sharing it in this one count too.
+_local: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _local_replicas(transport: object, name: str, delta: int) -> int:
+    """Add ``delta`` to the open replicas of ``name`` on ``transport``; return the count."""
+    try:
+        by_name = _local.setdefault(transport, {})
+    except TypeError:  # not weakly referenceable: unknown
+        return 1
+    count = by_name.get(name, 0) + delta
+    if count > 0:
+        by_name[name] = count
+    else:
+        by_name.pop(name, None)
+    return count
 
 
 class _Getter(Protocol[T_co]):
@@ -124,7 +154,7 @@ class _Batch:
             self._event.set()
 
 
-class Store(Generic[T]):
+class Store(Service, Generic[T]):
     """A replicated ``dict[str, T]``: local reads, writes broadcast over ``transport``.
 
     Open it with ``async with``; reads are synchronous and local, writes are async and
@@ -136,26 +166,37 @@ class Store(Generic[T]):
     Args:
         name: the store's name; every pod sharing the map uses the same one (non-empty,
             at most 200 characters, no ``#``).
-        transport: the :class:`~podshare.transport.base.Transport` to talk over.
-        node_id: this replica's unique id (default: hostname, pid and a random suffix).
+        transport: the [`Transport`][podshare.transport.Transport] to talk over.
+        node_id: this replica's id. Default: the process's id (``PODSHARE_NODE_ID``, else
+            host name and pid), shared by every store and endpoint of the process; a
+            second replica of the same store in one process gets ``{id}~2``.
         type: the value type (same as ``Store[type]``).
-        merger: a :class:`~podshare.crdt.merger.Merger` joining values of a key instead
-            of last-writer-wins.
+        merger: joins values of a key instead of last-writer-wins: a
+            [`Merger`][podshare.crdt.Merger], or a plain function ``(a, b) -> value``.
         codec: the value format: ``"json"`` (default), ``"msgpack"`` or a
-            :class:`~podshare.store.codec.Codec`.
-        on_error: called with each :class:`~podshare.exceptions.PodshareError` met in
-            the background (undecodable messages, clock skew); may be sync or async.
-            It runs only when the store is consistent and may call back into the store.
+            [`Codec`][podshare.Codec].
+        on_error: called with each [`PodshareError`][podshare.PodshareError] met in
+            the background (undecodable messages, clock skew, dropped watchers, a
+            duplicate node id); may be sync or async. It runs only when the store is
+            consistent and may call back into the store.
         logger: a stdlib logger (default ``logging.getLogger("podshare.store")``).
         watch_buffer: the default buffer of a watcher, in events.
-        tombstone_ttl: seconds a delete is remembered before it is compacted.
+        tombstone_ttl: seconds a delete is remembered at least.
+        tombstone_hard_cap: seconds after which a writer nobody heard from is forgotten
+            and no tombstone is kept longer (see "Tombstones" in the concepts page).
         compaction_interval: seconds between tombstone compactions.
         hydrate_timeout: the longest ``async with`` waits for peers to hand over state.
-        max_clock_skew: seconds a remote stamp may be ahead before it is reported.
+        require_sync: raise [`NotSynced`][podshare.NotSynced] from ``async with`` when
+            ``hydrate_timeout`` passes before the store is synced.
+        max_clock_skew: seconds a remote stamp may be ahead before it is reported; the
+            local clock follows stamps at most this far ahead, and entries more than
+            twice this far ahead are refused until time catches up.
         anti_entropy_interval: seconds between automatic refreshes.
-        heartbeat_interval: seconds between liveness heartbeats.
+        heartbeat_interval: seconds between liveness probes (per process and transport).
         down_after: seconds of silence after which a node counts as down (its
             ephemeral entries are removed).
+        close_timeout: the most seconds leaving ``async with`` spends handing over the
+            last batch (also bounded by the caller's own deadline).
 
     Raises:
         ConfigurationError: an option is invalid; the message names it.
@@ -174,18 +215,17 @@ class Store(Generic[T]):
 
     __slots__ = (
         "__weakref__",  # so collectors and caches can hold stores weakly
+        "_agent",
         "_anti_entropy_interval",
         "_batch",
-        "_bytes_sent",
         "_codec",
         "_flush_lock",
-        "_gap",
+        "_gap_event",
         "_hydrate_timeout",
-        "_hydration_seconds",
         "_inbox",
+        "_liveness_options",
         "_log",
         "_merger",
-        "_messages_sent",
         "_name",
         "_node_id",
         "_on_error",
@@ -194,11 +234,11 @@ class Store(Generic[T]):
         "_queued",
         "_remove_gap_listener",
         "_replica",
-        "_stack",
-        "_state",
+        "_require_sync",
+        "_reservation",
+        "_stats",
         "_sync_waiters",
         "_synced",
-        "_tg",
         "_ticker_target",
         "_topic",
         "_transport",
@@ -210,13 +250,15 @@ class Store(Generic[T]):
         "get",
     )
 
+    _service_name = "store"
+
     # A slot, not a method: while open it *is* the replica's ``dict.get`` (bound), so a
     # read costs one slot load and one C call.
     get: _Getter[T]
     """``get(key, default=None, /)``: the value of ``key``, or ``default`` when absent.
 
     Local and synchronous; costs about one ``dict.get``. ``default`` is positional, as
-    with ``dict.get``. Raises :class:`~podshare.exceptions.ClosedError` outside
+    with ``dict.get``. Raises [`ClosedError`][podshare.ClosedError] outside
     ``async with``.
     """
 
@@ -238,7 +280,7 @@ class Store(Generic[T]):
         if cached is not None:
             return cached
         typed = type(
-            f"{cls.__name__}[{_type_name(params)}]",
+            f"{cls.__name__}[{type_name(params)}]",
             (cls,),
             {
                 "__slots__": (),
@@ -260,97 +302,107 @@ class Store(Generic[T]):
         *,
         node_id: str | None = None,
         type: Any = None,
-        merger: Merger[T] | None = None,
+        merger: Merger[T] | Callable[[T, T], T] | None = None,
         codec: Codec | str | None = None,
         on_error: Callable[[PodshareError], object] | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         watch_buffer: int = 64,
         tombstone_ttl: float = 86400.0,
+        tombstone_hard_cap: float = 7 * 86400.0,
         compaction_interval: float = 300.0,
         hydrate_timeout: float = 10.0,
+        require_sync: bool = False,
         max_clock_skew: float = 60.0,
         anti_entropy_interval: float = 30.0,
         heartbeat_interval: float = 1.0,
         down_after: float = 5.0,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or "#" in name:
-            raise ConfigurationError(
-                f"name must be a non-empty str of at most {MAX_NAME_LENGTH} characters "
-                f"without '#', not {name!r}"
-            )
+        super().__init__(close_timeout=close_timeout)
+        check_name(name, "name", MAX_NAME_LENGTH)
         if not isinstance(transport, Transport):
             raise ConfigurationError(
                 f"transport must implement publish(), subscribe() and aclose(), not {transport!r}"
             )
-        if node_id is None:
-            node_id = _default_node_id()
-        elif (
-            not isinstance(node_id, str)
-            or not node_id
-            or len(node_id) > MAX_NODE_ID_LENGTH
-            or "#" in node_id
-        ):
-            raise ConfigurationError(
-                f"node_id must be a non-empty str of at most {MAX_NODE_ID_LENGTH} characters "
-                f"without '#', not {node_id!r}"
-            )
+        if node_id is not None:
+            check_name(node_id, "node_id", MAX_NODE_ID_LENGTH)
         class_type = self._value_type
         if type is not None and class_type is not None and type != class_type:
             raise ConfigurationError(
-                f"type={_type_name(type)} conflicts with {_type_name(class_type)} given as "
-                f"Store[{_type_name(class_type)}]"
+                f"type={type_name(type)} conflicts with {type_name(class_type)} given as "
+                f"Store[{type_name(class_type)}]"
             )
         value_type = type if type is not None else class_type
-        if merger is None and value_type is not None:
-            merger = merger_for(value_type)
-        elif merger is not None and not callable(getattr(merger, "merge", None)):
-            raise ConfigurationError(f"merger must have a merge(a, b) method, not {merger!r}")
+        resolved: Merger[T] | None
+        if merger is None:
+            resolved = merger_for(value_type) if value_type is not None else None
+        else:
+            try:
+                resolved = as_merger(merger)
+            except TypeError as exc:
+                raise ConfigurationError(f"merger: {exc}") from None
         # value_codec names `codec` or `type` in its ConfigurationError.
         self._codec: ValueCodec[T] = value_codec(value_type, codec)
         if on_error is not None and not callable(on_error):
             raise ConfigurationError(f"on_error must be callable, not {on_error!r}")
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
             raise ConfigurationError(f"logger must be a logging.Logger, not {logger!r}")
+        if not isinstance(require_sync, bool):
+            raise ConfigurationError(f"require_sync must be a bool, not {require_sync!r}")
         check_buffer("watch_buffer", watch_buffer)
-        _check_seconds("tombstone_ttl", tombstone_ttl)
-        _check_seconds("compaction_interval", compaction_interval)
+        for option, value in (
+            ("tombstone_ttl", tombstone_ttl),
+            ("tombstone_hard_cap", tombstone_hard_cap),
+            ("compaction_interval", compaction_interval),
+            ("max_clock_skew", max_clock_skew),
+            ("anti_entropy_interval", anti_entropy_interval),
+            ("heartbeat_interval", heartbeat_interval),
+            ("down_after", down_after),
+        ):
+            _check_seconds(option, value)
         _check_seconds("hydrate_timeout", hydrate_timeout, allow_zero=True)
-        _check_seconds("max_clock_skew", max_clock_skew)
-        _check_seconds("anti_entropy_interval", anti_entropy_interval)
-        _check_seconds("heartbeat_interval", heartbeat_interval)
-        _check_seconds("down_after", down_after)
         if down_after <= heartbeat_interval:
             raise ConfigurationError(
                 f"down_after ({down_after!r}) must be greater than heartbeat_interval "
                 f"({heartbeat_interval!r})"
             )
+        if tombstone_hard_cap < tombstone_ttl:
+            raise ConfigurationError(
+                f"tombstone_hard_cap ({tombstone_hard_cap!r}) must be at least tombstone_ttl "
+                f"({tombstone_ttl!r})"
+            )
 
         self._name = name
-        self._node_id = node_id
+        self._reservation = reserve(name, node_id)
+        weakref.finalize(self, self._reservation.release)
+        self._node_id = self._reservation.node_id
         self._transport = transport
         self._type = value_type
-        self._merger = merger
+        self._merger = resolved
         self._on_error = on_error
         self._log = logger if logger is not None else _log
         self._hydrate_timeout = float(hydrate_timeout)
+        self._require_sync = require_sync
         self._anti_entropy_interval = float(anti_entropy_interval)
         self._topic = f"ps/{name}"
-        self._inbox = f"ps/{name}#{node_id}"
+        self._inbox = f"ps/{name}#{self._node_id}"
         self._options = ReplicaOptions(
             tombstone_ttl_ms=_ms(tombstone_ttl),
+            tombstone_hard_cap_ms=_ms(tombstone_hard_cap),
             compaction_interval_ms=_ms(compaction_interval),
-            hydrate_timeout_ms=_ms(hydrate_timeout),
             max_clock_skew_ms=_ms(max_clock_skew),
-            heartbeat_interval_ms=_ms(heartbeat_interval),
-            down_after_ms=_ms(down_after),
             max_message_size=max_message_size(transport),
         )
-        self._watchers: WatcherRegistry[T] = WatcherRegistry(buffer=watch_buffer)
+        self._liveness_options = LivenessOptions(
+            heartbeat_interval_ms=_ms(heartbeat_interval), down_after_ms=_ms(down_after)
+        )
+        self._watchers: WatcherRegistry[T] = WatcherRegistry(
+            buffer=watch_buffer, on_drop=self._watcher_dropped
+        )
         self._replica: Replica[T] | None = None
+        self._agent: LivenessAgent | None = None
         self._values: dict[str, T] = {}
-        self._state = "new"  # new -> open -> closing -> closed
-        self._stack: AsyncExitStack | None = None
-        self._tg: TaskGroup | None = None
+        self._stats = Stats()
         self._batch = _Batch()
         self._wake_flusher = anyio.Event()
         self._wake_ticker = anyio.Event()
@@ -360,13 +412,10 @@ class Store(Generic[T]):
         self._flush_lock = anyio.Lock(fast_acquire=True)
         # Messages taken from the replica outside a flush round (after receive/tick).
         self._queued: list[Outgoing] = []
-        self._gap = anyio.Event()
+        self._gap_event = anyio.Event()
         self._synced = anyio.Event()
-        self._sync_waiters: list[anyio.Event] = []
+        self._sync_waiters: dict[str, list[_SyncWaiter]] = {}
         self._remove_gap_listener: Callable[[], None] | None = None
-        self._messages_sent = 0
-        self._bytes_sent = 0
-        self._hydration_seconds = 0.0
         self._publish_failing = False
         self.get = _closed_get
 
@@ -388,107 +437,154 @@ class Store(Generic[T]):
         return self._type
 
     def __repr__(self) -> str:
-        return f"<Store {self._name!r} node={self._node_id!r} {self._state}>"
+        return f"<Store {self._name!r} node={self._node_id!r} {self.state}>"
+
+    def _describe(self) -> str:
+        return f"store {self._name!r}"
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> Store[T]:
-        if self._state != "new":
-            raise ClosedError(f"store {self._name!r} can be opened only once")
-        self._state = "opening"
+        await super().__aenter__()
+        return self
+
+    async def _open(self) -> None:
         now = _now_ms()
+        agent = self._agent = agent_for(self._transport, self._node_id, self._liveness_options)
+        membership = agent.membership
         replica: Replica[T] = Replica(
             self._name,
             self._node_id,
+            agent.nonce,
             self._codec,
             merger=self._merger,
             options=self._options,
             now=now,
+            liveness=membership.alive,
+            down_since=membership.down_since,
+            live_nodes=membership.live_nodes,
         )
+        replica.emit_data_events = self._watchers.wants_data
         self._replica = replica
         self._values = replica.values
-        stack = AsyncExitStack()
-        try:
-            broadcast = await stack.enter_async_context(self._transport.subscribe(self._topic))
-            inbox = await stack.enter_async_context(self._transport.subscribe(self._inbox))
-            tg = await stack.enter_async_context(anyio.create_task_group())
-        except BaseException:
-            await stack.aclose()
-            self._state = "closed"
-            raise
-        self._stack = stack
-        self._tg = tg
-        self._state = "open"
+        _local_replicas(self._transport, self._name, 1)
+        await self.start(self._reader, self._topic, name=f"podshare {self._name} receive")
+        await self.start(self._reader, self._inbox, name=f"podshare {self._name} inbox")
+        await agent.attach(self)
         self.get = self._values.get  # type: ignore[assignment]
-        try:
-            tg.start_soon(self._receive_loop, broadcast, name=f"podshare {self._name} receive")
-            tg.start_soon(self._receive_loop, inbox, name=f"podshare {self._name} inbox")
-            tg.start_soon(self._flusher, name=f"podshare {self._name} flusher")
-            tg.start_soon(self._ticker, name=f"podshare {self._name} ticker")
-            tg.start_soon(self._anti_entropy, name=f"podshare {self._name} anti-entropy")
-            if isinstance(self._transport, GapReporting):
-                self._remove_gap_listener = self._transport.add_gap_listener(self._gap.set)
-            await self._hydrate()
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
+        self.start_soon(self._flusher, name=f"podshare {self._name} flusher")
+        self.start_soon(self._ticker, name=f"podshare {self._name} ticker")
+        self.start_soon(self._anti_entropy, name=f"podshare {self._name} anti-entropy")
+        if isinstance(self._transport, GapReporting):
+            self._remove_gap_listener = self._transport.add_gap_listener(self._on_gap)
+        await self._hydrate()
 
     async def _hydrate(self) -> None:
         replica = self._require_replica()
         started = time.perf_counter()
-        replica.start_sync(_now_ms(), hydrate=True)
-        self._after(())
+        deadline = anyio.current_time() + self._hydrate_timeout
         with anyio.move_on_after(self._hydrate_timeout):
-            await self._synced.wait()
-        # An empty cluster or silent peers are not an error: serve what we have.
-        self._synced.set()
-        self._hydration_seconds = time.perf_counter() - started
-        self._log.debug(
-            "store %r hydrated in %.3fs (%d keys, synced=%s)",
+            await self._wait_transport_ready()
+        ready = anyio.current_time() < deadline
+        others = await self._remote_subscribers(deadline)
+        now = _now_ms()
+        replica.cluster_evidence(now, ready=ready, others=others)
+        replica.hydrate(now)
+        self._after()
+        if not replica.synced:
+            self.start_soon(self._gather_evidence, name=f"podshare {self._name} evidence")
+            with anyio.move_on_at(deadline):
+                await self._synced.wait()
+        elapsed = time.perf_counter() - started
+        if replica.synced:
+            self._stats.hydration_seconds = elapsed
+            self._log.debug(
+                "store %r synced in %.3fs (%d keys)", self._name, elapsed, len(self._values)
+            )
+            return
+        if self._require_sync:
+            raise NotSynced(
+                f"store {self._name!r} found peers but none handed its state over within "
+                f"hydrate_timeout ({self._hydrate_timeout} s)"
+            )
+        self._log.warning(
+            "store %r is not synced after hydrate_timeout (%s s): serving what it has "
+            "(%d keys) and still trying; `synced` stays False until it is",
             self._name,
-            self._hydration_seconds,
+            self._hydrate_timeout,
             len(self._values),
-            replica.synced,
         )
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        if self._state in ("closing", "closed"):
+    async def _wait_transport_ready(self) -> None:
+        transport = self._transport
+        if isinstance(transport, ClusterReadiness):
+            await transport.wait_ready()
+
+    async def _remote_subscribers(self, deadline: float) -> int | None:
+        transport = self._transport
+        if not isinstance(transport, SubscriberCounting):
             return None
-        self._state = "closing"
-        stack, tg = self._stack, self._tg
-        try:
-            # Shielded: a store left by cancellation still hands its last batch over and
-            # says goodbye, within a bound.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_FLUSH_TIMEOUT):
-                await self._flush_round(final=True)
-        finally:
-            self._state = "closed"
-            self.get = _closed_get
-            self._watchers.close()
-            if self._remove_gap_listener is not None:
-                self._remove_gap_listener()
-                self._remove_gap_listener = None
-            for waiter in self._sync_waiters:
-                waiter.set()
-            self._synced.set()
-            if tg is not None:
-                tg.cancel_scope.cancel()
-            if stack is not None:
-                self._stack = self._tg = None
-                if exc is not None and _is_cancellation(exc):
-                    # The task group's scope owns this cancellation (or passes it on).
-                    await stack.__aexit__(exc_type, exc, tb)
-                else:
-                    # The body's own exception leaves `async with` as it is, not wrapped
-                    # in the task group's ExceptionGroup.
-                    await stack.__aexit__(None, None, None)
+        local = _local_replicas(transport, self._name, 0) - 1
+        with anyio.move_on_at(max(deadline, anyio.current_time() + 0.5)):
+            try:
+                remote = await transport.remote_subscribers(self._topic)
+            except PodshareError as exc:
+                self._log.debug("store %r: counting subscribers failed: %s", self._name, exc)
+                return None
+            return None if remote is None else remote + max(0, local)
         return None
+
+    async def _gather_evidence(self) -> None:
+        """Until synced: keep the replica's view of the cluster current (readiness,
+        other subscribers), so a slow transport or a growing cluster is weighed again."""
+        replica = self._require_replica()
+        delay = self._options.hello_window_ms / 1000
+        ready = False
+        while not replica.synced:
+            if not ready:
+                with anyio.move_on_after(delay):
+                    await self._wait_transport_ready()
+                    ready = True
+            others = await self._remote_subscribers(anyio.current_time() + delay)
+            replica.cluster_evidence(_now_ms(), ready=ready, others=others)
+            self._after()
+            with anyio.move_on_after(delay):
+                await self._synced.wait()
+            delay = min(2 * delay, _RETRY_MAX)
+
+    async def _close(self) -> None:
+        replica = self._replica
+        if replica is None:
+            return
+        replica.leave(_now_ms())
+        await self._flush_round()
+        agent = self._agent
+        if agent is not None and agent.detach(self):
+            for to, data in agent.goodbye():
+                topic = "pl/live" if to is None else f"pl/live#{to}"
+                try:
+                    await self._transport.publish(topic, data)
+                except PodshareError as exc:
+                    self._log.debug("store %r: goodbye not published: %s", self._name, exc)
+
+    def _closed(self) -> None:
+        self.get = _closed_get
+        self._watchers.close()
+        if self._remove_gap_listener is not None:
+            self._remove_gap_listener()
+            self._remove_gap_listener = None
+        agent = self._agent
+        if agent is not None:
+            agent.detach(self)  # idempotent: after a failed open or a crash
+        if self._replica is not None:
+            _local_replicas(self._transport, self._name, -1)
+        self._reservation.release()
+        for waiters in self._sync_waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
+        self._sync_waiters.clear()
+        self._synced.set()
+        self._batch.finish()
 
     def _require_replica(self) -> Replica[T]:
         replica = self._replica
@@ -496,10 +592,11 @@ class Store(Generic[T]):
             raise ClosedError(f"store {self._name!r} is not open")
         return replica
 
-    def _check_open(self) -> Replica[T]:
-        if self._state != "open":
-            raise ClosedError(f"store {self._name!r} is {_STATE_WORDS.get(self._state)}")
-        return self._replica  # type: ignore[return-value]
+    def _writable(self) -> Replica[T]:
+        self._check_open()
+        replica = self._replica
+        assert replica is not None
+        return replica
 
     # --- reads (sync, local) -----------------------------------------------------
 
@@ -535,41 +632,79 @@ class Store(Generic[T]):
         self._check_readable()
         return dict(self._values)
 
+    def version(self, key: str) -> Stamp | None:
+        """The version of ``key``'s live value (its stamp), or ``None`` when absent.
+
+        Pass it to :meth:`try_set`. It is this replica's view: another pod may have
+        written a newer version that has not arrived yet.
+        """
+        self._check_readable()
+        if key not in self._values:
+            return None
+        return self._require_replica().entry_stamp(key)
+
     def _check_readable(self) -> None:
-        if self._state not in ("open", "opening"):
+        if self.state not in ("open", "opening"):
             _closed_get(None)
 
     # --- writes (async) ----------------------------------------------------------
 
-    async def set(self, key: str, value: T, *, ephemeral: bool = False) -> None:
+    async def set(
+        self, key: str, value: T, *, ephemeral: bool = False, ttl: float | None = None
+    ) -> None:
         """Set ``key`` to ``value`` (join it into the key in a merger store).
 
         The write is applied locally at once and returns after the batch holding it was
-        published. With ``ephemeral=True`` the entry lives only while this node is up.
+        published. ``ephemeral=True``: the entry lives only while this process is up.
+        ``ttl``: the entry expires that many seconds after it was written, at the same
+        instant on every replica (watchers get ``EventKind.EXPIRED``).
 
         Raises:
-            InvalidValue: a bad key, or a value the store's type or codec refuses
-                (nothing was changed).
+            InvalidValue: a bad key, a value the store's type or codec refuses, or one
+                too large to travel in one message (nothing was changed).
             TransportError: the publish failed; the local write stands and anti-entropy
                 repairs peers later.
             ClosedError: the store is not open.
         """
-        replica = self._check_open()
-        _check_key(key)
-        events = replica.local_set(key, value, _now_ms(), ephemeral=bool(ephemeral))
-        await self._commit(events)
+        replica = self._writable()
+        check_key(key)
+        replica.local_set(key, value, _now_ms(), ephemeral=bool(ephemeral), ttl_ms=_ttl_ms(ttl))
+        await self._commit()
+
+    async def set_many(
+        self, mapping: Mapping[str, T], *, ephemeral: bool = False, ttl: float | None = None
+    ) -> None:
+        """Set every key of ``mapping``; they travel together in as few messages as fit.
+
+        Every key and value is validated before anything changes.
+        """
+        replica = self._writable()
+        items = list(mapping.items())
+        for key, _ in items:
+            check_key(key)
+        replica.local_set_many(items, _now_ms(), ephemeral=bool(ephemeral), ttl_ms=_ttl_ms(ttl))
+        await self._commit()
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (a tombstone that wins over older writes everywhere).
 
-        Raises :class:`~podshare.exceptions.InvalidValue` for a bad key,
-        :class:`~podshare.exceptions.TransportError` when the publish failed (the local
-        delete stands) and :class:`~podshare.exceptions.ClosedError` when closed.
+        Raises [`InvalidValue`][podshare.InvalidValue] for a bad key,
+        [`TransportError`][podshare.TransportError] when the publish failed (the local
+        delete stands) and [`ClosedError`][podshare.ClosedError] when closed.
         """
-        replica = self._check_open()
-        _check_key(key)
-        events = replica.local_delete(key, _now_ms())
-        await self._commit(events)
+        replica = self._writable()
+        check_key(key)
+        replica.local_delete(key, _now_ms())
+        await self._commit()
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete every key of ``keys``; the deletes travel together."""
+        replica = self._writable()
+        keys = list(keys)
+        for key in keys:
+            check_key(key)
+        replica.local_delete_many(keys, _now_ms())
+        await self._commit()
 
     async def update(self, key: str, fn: Callable[[Any], T]) -> T:
         """Set ``key`` to ``fn(current)`` and return what was set.
@@ -578,42 +713,58 @@ class Store(Generic[T]):
         (``GSet()``, ``PNCounter()``...), or ``None``. Reading and writing happen without
         an await in between, so concurrent updates in this process never lose each other.
 
-        Example::
-
+        Example:
+            ```python
             await counters.update("hits", lambda c: c.increment(counters.node_id))
+            ```
         """
-        replica = self._check_open()
-        _check_key(key)
-        current = self._values.get(key, _MISSING)
-        if current is _MISSING:
-            current = replica.empty_value(key)
-        new = fn(current)
-        events = replica.local_set(key, new, _now_ms())
-        await self._commit(events)
+        replica = self._writable()
+        check_key(key)
+        new = replica.local_update(key, fn, _now_ms())
+        await self._commit()
         return new
 
-    async def set_many(self, mapping: Mapping[str, T]) -> None:
-        """Set every key of ``mapping``; they travel together in as few messages as fit.
+    async def try_set(self, key: str, value: T, version: Stamp | None) -> bool:
+        """Set ``key`` only if its version here is still ``version``; return whether it did.
 
-        Every key and value is validated before anything changes.
+        An optimistic check against this replica's state (as the Go library's
+        ``TrySet``), not a distributed compare-and-set: two pods can both succeed with
+        the same version, and last-writer-wins then keeps one of the writes.
         """
-        replica = self._check_open()
-        items = list(mapping.items())
-        for key, _ in items:
-            _check_key(key)
-        await self._commit(replica.local_set_many(items, _now_ms()))
+        replica = self._writable()
+        check_key(key)
+        if not replica.try_set(key, value, version, _now_ms()):
+            return False
+        await self._commit()
+        return True
 
-    async def _commit(self, events: list[Event[T]]) -> None:
-        """Dispatch a local write's events, then wait until its batch was published.
+    def seed(self, mapping: Mapping[str, T]) -> None:
+        """Load ``mapping`` into this (empty) replica: no broadcast, no watcher events.
 
-        Group commit: when no publish is under way the writer publishes its batch itself
-        (no task switch on the latency path); otherwise it waits, and the flusher task
-        publishes every write made meanwhile as one batch when the current round ends.
+        For initial state at boot (from the application's database, say). Seeded
+        entries are older than any write, so whatever the cluster already holds wins
+        over them, and they fill only what it lacks.
+
+        Raises:
+            StoreNotEmpty: the replica already holds entries.
+            InvalidValue: a bad key or value (nothing was loaded).
         """
+        replica = self._writable()
+        for key in mapping:
+            check_key(key)
+        replica.seed(mapping, _now_ms())
+
+    async def _commit(self) -> None:
+        """Dispatch a local write's events, then wait until its batch was published."""
         batch = self._batch
-        # A local write changes no deadline and no sync state: dispatch is all it needs.
+        replica = self._replica
+        assert replica is not None
+        events = replica.events_received()
         if events:
             self._watchers.dispatch(events)
+        errors = replica.errors_received()
+        for error in errors:
+            self._report(error)
         if not self._flush_lock.locked():
             await self._flush_round()
         else:
@@ -632,148 +783,216 @@ class Store(Generic[T]):
         *,
         key: str | None = None,
         prefix: str | None = None,
+        filter: Callable[[Event[T]], object] | None = None,  # the public name
         buffer: int | None = None,
         members: bool = False,
     ) -> AbstractAsyncContextManager[Watch[T]]:
         """Watch changes: an async context manager yielding an async iterator of events.
 
-        ``key`` or ``prefix`` (not both) select the keys; the filter runs before the
+        ``key`` or ``prefix`` (not both) select the keys, and ``filter`` (a callable
+        taking an [`Event`][podshare.Event]) further selects; filters run before the
         buffer, so unwatched keys never fill it. A watcher whose buffer (``buffer``
-        events, default ``watch_buffer``) is full is dropped rather than slowing writers:
-        its iteration ends and ``stats().watchers_dropped`` counts it; watch again and
-        ``refresh()``. ``members=True`` adds ``NODE_UP``/``NODE_DOWN`` events.
-        Iteration ends when the store closes.
+        events, default ``watch_buffer``) is full is dropped rather than slowing
+        writers: its iteration ends, ``stats().watchers_dropped`` counts it and
+        ``on_error`` hears of it; watch again and read ``snapshot()``. ``members=True``
+        adds ``NODE_UP``/``NODE_DOWN`` events. Iteration ends when the store closes.
 
-        Example::
-
+        Example:
+            ```python
             async with store.watch(prefix="ws:") as events:
                 async for ev in events:
                     print(ev.kind, ev.key, ev.value)
+            ```
         """
         self._check_open()
-        return self._watchers.open(key=key, prefix=prefix, buffer=buffer, members=members)
+        context = self._watchers.open(
+            key=key, prefix=prefix, buffer=buffer, members=members, filter=filter
+        )
+        return _Watching(self, context)
+
+    def _watchers_changed(self) -> None:
+        replica = self._replica
+        if replica is not None:
+            replica.emit_data_events = self._watchers.wants_data
+
+    def _watcher_dropped(self, why: str) -> None:
+        self._report(PodshareError(f"store {self._name!r}: {why}"))
 
     # --- sync ----------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Pull what this replica missed: exchange digests, then only differing entries.
+        """Pull what this replica missed: an exchange of digests with a peer, then only
+        the differing entries, both ways.
 
-        Waits until the exchange completed, or at most ``hydrate_timeout`` (at least one
-        second). Also runs after a transport gap and every ``anti_entropy_interval``.
+        Waits until one exchange completed (trying another peer if one fails), or at
+        most ``hydrate_timeout`` (at least one second). Also runs after each transport
+        gap and every ``anti_entropy_interval``.
         """
-        replica = self._check_open()
-        await self._refresh(replica)
-
-    async def _refresh(self, replica: Replica[T], prefer: str | None = None) -> bool:
-        """Run one digest exchange; return whether some exchange completed meanwhile."""
-        completed = replica.counters.refreshes
-        done = anyio.Event()
-        replica.start_sync(_now_ms(), prefer=prefer)
-        self._sync_waiters.append(done)
-        self._after(())
+        self._writable()
         with anyio.move_on_after(max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT)):
-            await done.wait()
-        if not done.is_set():
-            _discard_event(self._sync_waiters, done)
-            self._log.debug("store %r: refresh did not complete in time", self._name)
-        return replica.counters.refreshes > completed
+            for _ in range(_REPAIR_PEERS):
+                if await self._sync_once():
+                    return
+        self._log.debug("store %r: refresh did not complete in time", self._name)
+
+    async def _sync_once(self, peer: str | None = None) -> bool:
+        """One exchange (with ``peer`` or the best one); True when it completed."""
+        replica = self._require_replica()
+        asked = replica.request_sync(_now_ms(), peer=peer)
+        self._after()
+        if asked is None:
+            running = [x.peer for x in replica.sync]
+            if not running:
+                # Nobody to ask yet: give peers a hello window to show up, then report it.
+                await anyio.sleep(self._options.hello_window_ms / 1000)
+                return False
+            asked = running[0]
+        waiter = _SyncWaiter()
+        self._sync_waiters.setdefault(asked, []).append(waiter)
+        await waiter.event.wait()
+        return waiter.ok
 
     async def wait_synced(self) -> None:
-        """Return once this replica hydrated from its peers or ``hydrate_timeout`` passed."""
-        if self._state == "new":
+        """Return once this replica is synced (see [`synced`][podshare.Store.synced])."""
+        if self.state == "new":
             raise ClosedError(f"store {self._name!r} is not open")
         await self._synced.wait()
 
     @property
     def synced(self) -> bool:
-        """True once hydration finished or gave up."""
-        return self._synced.is_set()
+        """True once this replica holds the cluster's state: it was handed over by a
+        synced peer, or the connected transport found no other replica (an empty cluster).
+
+        False while joining and after ``hydrate_timeout`` passed without either; the
+        store keeps trying. A readiness probe should use this.
+        """
+        replica = self._replica
+        return replica is not None and replica.synced
 
     # --- introspection -------------------------------------------------------------
 
     def members(self) -> frozenset[str]:
-        """The node ids currently alive in this store's cluster, this node included."""
+        """The node ids of the live replicas of this store, this one included."""
         self._check_readable()
         return self._require_replica().members()
 
     def stats(self) -> Stats:
-        """A frozen snapshot of this store's counters (see :class:`Stats`)."""
+        """A frozen snapshot of this store's counters (see [`Stats`][podshare.Stats])."""
         replica = self._replica
-        base = replica.counters.snapshot() if replica is not None else Stats()
-        return replace(
-            base,
-            messages_sent=self._messages_sent,
-            bytes_sent=self._bytes_sent,
-            events_dispatched=self._watchers.dispatched,
-            watchers_active=self._watchers.active,
-            watchers_dropped=self._watchers.dropped,
-            hydration_seconds=self._hydration_seconds,
-        )
+        if replica is None:
+            return self._stats.snapshot()
+        record = replica.stats
+        watchers = self._watchers
+        record.events_dispatched = watchers.dispatched
+        record.watchers_active = watchers.active
+        record.watchers_dropped = watchers.dropped
+        record.messages_sent = self._stats.messages_sent
+        record.bytes_sent = self._stats.bytes_sent
+        record.hydration_seconds = self._stats.hydration_seconds
+        return replica.snapshot_stats()
 
-    # --- after every replica call ------------------------------------------------
+    # --- after every input ---------------------------------------------------------
 
-    def _after(
-        self,
-        events: Iterable[Event[T]],
-        errors: Iterable[PodshareError] = (),
-    ) -> None:
-        """Hand the replica's results out; the replica is consistent when this runs.
-
-        What the replica queued (sync answers, heartbeats) is taken now and the flusher
-        woken only if there is something. A local write does not come here: its writer
-        dispatches its event and publishes its batch (see :meth:`_commit`).
-        """
+    def _after(self) -> None:
+        """Drain what the replica produced; the replica is consistent when this runs."""
         replica = self._replica
         assert replica is not None
+        events = replica.events_received()
         if events:
             self._watchers.dispatch(events)
-        outgoing = replica.take_outgoing()
+        finished = replica.syncs_finished()
+        if finished:
+            self._finished(finished)
+        outgoing = replica.data_to_send()
         if outgoing:
             self._queued.extend(outgoing)
             self._wake_flusher.set()
         if replica.next_deadline() < self._ticker_target:
             self._wake_ticker.set()
-        if self._sync_waiters and not replica.sync_in_progress:
-            waiters, self._sync_waiters = self._sync_waiters, []
-            for waiter in waiters:
-                waiter.set()
         if not self._synced.is_set() and replica.synced:
             self._synced.set()
+        errors = replica.errors_received()
         for error in errors:
             self._report(error)
 
+    def _finished(self, notices: list[SyncFinished]) -> None:
+        for notice in notices:
+            for waiter in self._sync_waiters.pop(notice.peer, ()):
+                waiter.ok = notice.ok
+                waiter.event.set()
+
     def _report(self, error: PodshareError) -> None:
+        if isinstance(error, DuplicateNodeId):
+            self._log.error("store %r: %s", self._name, error)
         if self._on_error is None:
-            self._log.warning("store %r: %s: %s", self._name, type(error).__name__, error)
+            if not isinstance(error, DuplicateNodeId):
+                self._log.warning("store %r: %s: %s", self._name, type(error).__name__, error)
             return
         self._log.debug("store %r: %s: %s", self._name, type(error).__name__, error)
         try:
             result = self._on_error(error)
-        except Exception:
+        except Exception:  # noqa: BLE001  # the user's callback: its bug must show, and not stop us
             self._log.exception("store %r: on_error raised", self._name)
             return
         if isinstance(result, Awaitable):
-            if self._tg is not None and self._state == "open":
-                self._tg.start_soon(self._await_on_error, result)
+            if self.is_open or self.state == "opening":
+                self.start_soon(self._await_on_error, result)
             elif inspect.iscoroutine(result):
                 result.close()  # the store is closing: nothing may outlive it
 
     async def _await_on_error(self, result: Awaitable[object]) -> None:
         try:
             await result
-        except Exception:
+        except Exception:  # noqa: BLE001  # the user's callback: its bug must show, and not stop us
             self._log.exception("store %r: on_error raised", self._name)
+
+    # --- liveness (called by the process's LivenessAgent) ---------------------------
+
+    def _member_event(self, event: MemberEvent) -> None:
+        replica = self._replica
+        if replica is None or self.state not in ("open", "opening"):
+            return
+        replica.node_event(event, _now_ms())
+        self._after()
+
+    def _liveness_error(self, error: PodshareError) -> None:
+        if self.state in ("open", "opening"):
+            self._report(error)
+
+    def _host_task(self, fn: Callable[..., Any], name: str) -> bool:
+        if self.state not in ("open", "opening"):
+            return False
+        self.start_soon(fn, name=name)
+        return True
+
+    def _on_gap(self) -> None:
+        # Always the current event: a gap during a repair schedules another repair.
+        self._gap_event.set()
 
     # --- background tasks ----------------------------------------------------------
 
-    async def _receive_loop(self, messages: Any) -> None:
-        replica = self._require_replica()
-        watchers = self._watchers
-        async for data in messages:
-            # Nobody watching: the replica builds no event per applied entry.
-            replica.data_events = watchers.wants_data
-            events, errors = replica.receive(data, _now_ms())
-            self._after(events, errors)
+    async def _reader(self, topic: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with self._transport.subscribe(topic) as messages:
+            task_status.started()
+            apply = self._apply
+            async for data in messages:
+                apply(data)
+
+    def _apply(self, data: bytes) -> None:
+        replica = self._replica
+        assert replica is not None
+        if len(data) >= _BULK_BYTES and gc.isenabled():
+            # A sync part of up to max_message_size bytes builds an object or two per
+            # entry, none cyclic; collections triggered meanwhile would traverse the whole
+            # (growing) map. Paused for this one synchronous call, then restored.
+            gc.disable()
+            try:
+                replica.receive(data, _now_ms())
+            finally:
+                gc.enable()
+        else:
+            replica.receive(data, _now_ms())
+        self._after()
 
     async def _flusher(self) -> None:
         while True:
@@ -781,7 +1000,7 @@ class Store(Generic[T]):
             self._wake_flusher = anyio.Event()
             await self._flush_round()
 
-    async def _flush_round(self, *, final: bool = False) -> None:
+    async def _flush_round(self) -> None:
         """Publish everything the replica queued; complete the batch of writes waiting."""
         replica = self._require_replica()
         lock = self._flush_lock
@@ -789,14 +1008,12 @@ class Store(Generic[T]):
         batch, self._batch = self._batch, _Batch()
         try:
             outgoing, self._queued = self._queued, []
-            outgoing.extend(replica.take_outgoing())
-            if final:
-                outgoing.extend(replica.leave(_now_ms()))
+            outgoing.extend(replica.data_to_send())
             batch.error = await self._publish_all(outgoing)
         except BaseException:
             # Cancelled mid-publish (the store closing, or an inline writer's own
             # cancellation): the batch's other writers learn it did not go out.
-            if self._state == "open":
+            if self.is_open:
                 batch.error = TransportError("publish interrupted by cancellation")
             else:
                 batch.error = ClosedError(f"store {self._name!r} closed before publishing")
@@ -808,18 +1025,19 @@ class Store(Generic[T]):
     async def _publish_all(self, outgoing: list[Outgoing]) -> BaseException | None:
         """Publish ``outgoing``; return the first broadcast failure (writes ride those)."""
         first_error: BaseException | None = None
+        stats = self._stats
         for message in outgoing:
             topic = self._topic if message.to is None else f"ps/{self._name}#{message.to}"
             try:
                 await self._transport.publish(topic, message.data)
             except PodshareError as exc:
                 error: BaseException = exc
-            except Exception as exc:  # a user's transport: map to our tree at the boundary
+            except Exception as exc:  # noqa: BLE001  # a user's transport: map to our tree at the boundary
                 error = TransportError(f"{type(exc).__name__}: {exc}")
                 error.__cause__ = exc
             else:
-                self._messages_sent += 1
-                self._bytes_sent += len(message.data)
+                stats.messages_sent += 1
+                stats.bytes_sent += len(message.data)
                 continue
             if not self._publish_failing:
                 self._publish_failing = True
@@ -843,95 +1061,92 @@ class Store(Generic[T]):
                 if self._wake_ticker.is_set():
                     self._wake_ticker = anyio.Event()
                 continue
-            replica.data_events = self._watchers.wants_data
-            events, errors = replica.tick(_now_ms())
-            self._after(events, errors)
+            replica.tick(_now_ms())
+            self._after()
             # A replica due again at once must not starve the other tasks.
             await anyio.lowlevel.checkpoint()
 
-    async def _refresh_each_peer(self, replica: Replica[T]) -> bool:
-        """After a gap, exchange digests with every live peer; True if all completed.
-
-        One exchange with one peer is not enough: each peer may have missed something
-        only another one holds, and what an exchange brings is not re-broadcast.
-        """
-        peers = sorted(replica.members() - {self._node_id})
-        if not peers:
-            return await self._refresh(replica)
-        completed = True
-        for peer in peers:
-            completed = await self._refresh(replica, prefer=peer) and completed
-        return completed
-
     async def _anti_entropy(self) -> None:
-        """Refresh every ``anti_entropy_interval``, at once after a gap, and retry a gap's
-        (or hydration's) refresh that did not complete with capped, jittered backoff.
+        """One exchange every ``anti_entropy_interval``; after each transport gap, a repair.
 
-        After a broker restart the first pod back may ask peers that have not
-        resubscribed yet: its exchange never completes, and without a retry the writes
-        it missed would wait for the next periodic refresh.
+        A repair is an exchange with one peer, then with another if it fails (up to a
+        few), retried with capped, jittered backoff until one completes or a new gap
+        arrives. One peer, not every live peer: the exchange is bidirectional and the
+        next periodic round spreads the rest, so a gap costs O(1) exchanges per replica,
+        not O(fleet).
         """
-        replica = self._require_replica()
-        await self._synced.wait()
-        cap = min(self._anti_entropy_interval, _RETRY_MAX)
+        interval = self._anti_entropy_interval
         backoff = _RETRY_MIN
-        # Hydration that found peers but completed no exchange counts as a failed repair.
-        retrying = replica.counters.refreshes == 0 and replica.counters.peers_seen > 0
+        repairing = False
         while True:
-            if retrying:
-                # Jitter in [backoff/2, backoff]: pods back together do not retry in step.
-                wait = min(backoff, cap) * random.uniform(0.5, 1.0)
-            else:
-                # Jitter keeps a fleet started together from refreshing in lockstep.
-                wait = self._anti_entropy_interval * random.uniform(0.9, 1.1)
+            # Jitter keeps a fleet started together from refreshing in lockstep.
+            wait = min(backoff, interval) if repairing else interval * random.uniform(0.9, 1.1)
             with anyio.move_on_after(wait):
-                await self._gap.wait()
-            gap = self._gap.is_set()
-            if gap:
-                self._gap = anyio.Event()
-                backoff = _RETRY_MIN  # a new gap restarts the schedule
-                self._log.info("store %r: transport reported a gap; refreshing", self._name)
-            if not (gap or retrying):
-                await self._refresh(replica)
-                continue  # a periodic refresh: the next one comes anyway
-            completed = await self._refresh_each_peer(replica)
-            # Nobody ever seen: nothing was missed, nobody to ask.
-            retrying = not completed and replica.counters.peers_seen > 0
-            if retrying:
-                if not gap:
-                    backoff = min(backoff * 2, cap)
-                self._log.debug(
-                    "store %r: refresh after a gap did not complete; retrying", self._name
-                )
+                await self._gap_event.wait()
+            if self._gap_event.is_set():
+                self._gap_event = anyio.Event()
+                self._log.info("store %r: transport reported a gap; repairing", self._name)
+                repairing, backoff = True, _RETRY_MIN
+            if not repairing:
+                await self._sync_once()
+                continue
+            done = False
+            for _ in range(_REPAIR_PEERS):
+                if await self._sync_once():
+                    done = True
+                    break
+            if done or not self._require_replica().members() - {self._node_id}:
+                repairing = False
             else:
-                backoff = _RETRY_MIN
+                backoff = min(2 * backoff, _RETRY_MAX) * random.uniform(0.5, 1.0)
 
 
-_STATE_WORDS = {
-    "new": "not open yet",
-    "opening": "opening",
-    "closing": "closing",
-    "closed": "closed",
-}
+class _SyncWaiter:
+    """Someone waiting for an exchange with one peer to end, and how it ended."""
+
+    __slots__ = ("event", "ok")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.ok = False
 
 
-def _closed_get(key: object, default: object = None) -> NoReturn:
+class _Watching(AbstractAsyncContextManager["Watch[T]"], Generic[T]):
+    """Tells the store when watchers come and go (it sets the core's data-event switch)."""
+
+    __slots__ = ("_context", "_store")
+
+    def __init__(self, store: Store[T], context: AbstractAsyncContextManager[Watch[T]]) -> None:
+        self._store = store
+        self._context = context
+
+    async def __aenter__(self) -> Watch[T]:
+        watch = await self._context.__aenter__()
+        self._store._watchers_changed()
+        return watch
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._context.__aexit__(*exc_info)
+        finally:
+            self._store._watchers_changed()
+
+
+def _closed_get(_key: object, _default: object = None) -> NoReturn:
     raise ClosedError("the store is not open (use it inside `async with Store(...)`)")
 
 
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_is_cancellation(e) for e in exc.exceptions)
-    return False
-
-
-def _check_key(key: object) -> None:
-    if not isinstance(key, str):
-        raise InvalidValue(f"keys must be str, not {type(key).__name__}")
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidValue(f"keys must be 1 to {MAX_KEY_LENGTH} characters, got {len(key)}")
+def _ttl_ms(ttl: object) -> int | None:
+    if ttl is None:
+        return None
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not math.isfinite(ttl)
+        or ttl <= 0
+    ):
+        raise InvalidValue(f"ttl must be a positive finite number of seconds, not {ttl!r}")
+    return max(1, round(ttl * 1000))
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
@@ -949,17 +1164,4 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> Non
 
 
 def _ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))
-
-
-def _discard_event(events: list[anyio.Event], event: anyio.Event) -> None:
-    for i, e in enumerate(events):
-        if e is event:
-            del events[i]
-            return
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type) and not getattr(tp, "__args__", None):
-        return tp.__qualname__
-    return repr(tp).replace("typing.", "")
+    return max(1, round(seconds * 1000))

@@ -11,13 +11,15 @@ receive loop. The remedy for a dropped watcher is to watch again and ``refresh()
 Filters are indexed so a write touches only the watchers that can want it: watchers of
 one key sit in a dict keyed by that key, prefix and catch-all watchers in short lists,
 and membership events (``NODE_UP``/``NODE_DOWN``) go only to watchers opened with
-``members=True``, whatever their key or prefix filter (the filters select data keys).
+``members=True``, whatever their key or prefix filter (the filters select data keys). A
+``filter=`` callable runs after the key or prefix matched and before the buffer; one
+that raises ends its watcher (reported like a drop: the user's bug must surface).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
@@ -52,12 +54,21 @@ class _Watcher(Generic[T]):
         "dropped",
         "key",
         "members",
+        "predicate",
         "prefix",
         "streak",
         "waiter",
     )
 
-    def __init__(self, capacity: int, key: str | None, prefix: str | None, members: bool) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        key: str | None,
+        prefix: str | None,
+        members: bool,
+        predicate: Callable[[Event[T]], object] | None = None,
+    ) -> None:
+        self.predicate = predicate
         self.buffer: deque[Event[T]] = deque()
         self.capacity = capacity
         self.closed = False
@@ -176,13 +187,15 @@ class WatcherRegistry(Generic[T]):
         "_closed",
         "_default_buffer",
         "_members",
+        "_on_drop",
         "_prefixed",
         "dispatched",
         "dropped",
     )
 
-    def __init__(self, *, buffer: int = 64) -> None:
+    def __init__(self, *, buffer: int = 64, on_drop: Callable[[str], None] | None = None) -> None:
         check_buffer("watch_buffer", buffer)
+        self._on_drop = on_drop
         self._default_buffer = buffer
         self._by_key: dict[str, list[_Watcher[T]]] = {}
         self._prefixed: list[_Watcher[T]] = []
@@ -211,12 +224,17 @@ class WatcherRegistry(Generic[T]):
         prefix: str | None = None,
         buffer: int | None = None,
         members: bool = False,
+        filter: Callable[[Event[T]], object] | None = None,  # the public name
     ) -> AbstractAsyncContextManager[Watch[T]]:
-        """An async context manager yielding a :class:`Watch` filtered by key or prefix.
+        """An async context manager yielding a :class:`Watch` filtered by key or prefix
+        (and ``filter``, a callable taking an event and returning whether to keep it).
 
         Raises :class:`~podshare.exceptions.ConfigurationError` for both ``key`` and
-        ``prefix``, a non-string filter, or a ``buffer`` that is not a positive int.
+        ``prefix``, a non-string filter, a ``filter`` that is not callable, or a
+        ``buffer`` that is not a positive int.
         """
+        if filter is not None and not callable(filter):
+            raise ConfigurationError(f"filter must be callable, not {filter!r}")
         if key is not None and prefix is not None:
             raise ConfigurationError("watch() takes key or prefix, not both")
         if key is not None and not isinstance(key, str):
@@ -229,7 +247,7 @@ class WatcherRegistry(Generic[T]):
             check_buffer("buffer", buffer)
         if not isinstance(members, bool):
             raise ConfigurationError(f"members must be a bool, not {type(members).__name__}")
-        return _WatchContext(self, key, prefix or None, buffer, members)
+        return _WatchContext(self, key, prefix or None, buffer, members, filter)
 
     def _add(self, watcher: _Watcher[T]) -> None:
         if watcher.key is not None:
@@ -273,7 +291,7 @@ class WatcherRegistry(Generic[T]):
             # Identity tests: an Enum's hash (for a set lookup) runs Python code.
             if kind is _NODE_UP or kind is _NODE_DOWN:
                 if members:
-                    deliver(members, event)
+                    deliver(members, event, False)
                 continue
             if every:
                 deliver(every, event)
@@ -287,11 +305,24 @@ class WatcherRegistry(Generic[T]):
                 if matched:
                     deliver(matched, event)
 
-    def _deliver(self, watchers: list[_Watcher[T]], event: Event[T]) -> None:
+    def _deliver(self, watchers: list[_Watcher[T]], event: Event[T], filtered: bool = True) -> None:
         slow: list[_Watcher[T]] | None = None
         for watcher in watchers:
             if watcher.closed:
                 continue  # the consumer already left; its context exit removes it
+            predicate = watcher.predicate
+            if predicate is not None and filtered:
+                try:
+                    keep = predicate(event)
+                except Exception as exc:  # noqa: BLE001  # the user's filter: end its watcher, report it
+                    watcher.dropped = True
+                    self.dropped += 1
+                    self._remove(watcher)
+                    if self._on_drop is not None:
+                        self._on_drop(f"a watch filter raised {exc!r}; the watcher ended")
+                    continue
+                if not keep:
+                    continue
             if watcher.put(event):
                 self.dispatched += 1
             else:
@@ -303,6 +334,11 @@ class WatcherRegistry(Generic[T]):
                 watcher.dropped = True
                 self.dropped += 1
                 self._remove(watcher)
+                if self._on_drop is not None:
+                    self._on_drop(
+                        f"a watcher's buffer ({watcher.capacity} events) was full: it was "
+                        "dropped; watch again and read snapshot() (or refresh())"
+                    )
 
     def close(self) -> None:
         """End every watcher's iteration (after what is buffered) and refuse new events."""
@@ -322,7 +358,7 @@ class WatcherRegistry(Generic[T]):
 class _WatchContext(Generic[T]):
     """``async with registry.open(...) as events``: registers on entry, removes on exit."""
 
-    __slots__ = ("_buffer", "_key", "_members", "_prefix", "_registry", "_watcher")
+    __slots__ = ("_buffer", "_key", "_members", "_predicate", "_prefix", "_registry", "_watcher")
 
     def __init__(
         self,
@@ -331,7 +367,9 @@ class _WatchContext(Generic[T]):
         prefix: str | None,
         buffer: int,
         members: bool,
+        predicate: Callable[[Event[T]], object] | None,
     ) -> None:
+        self._predicate = predicate
         self._registry = registry
         self._key = key
         self._prefix = prefix
@@ -342,7 +380,9 @@ class _WatchContext(Generic[T]):
     async def __aenter__(self) -> Watch[T]:
         if self._watcher is not None:
             raise RuntimeError("a watch context can be entered only once")
-        watcher: _Watcher[T] = _Watcher(self._buffer, self._key, self._prefix, self._members)
+        watcher: _Watcher[T] = _Watcher(
+            self._buffer, self._key, self._prefix, self._members, self._predicate
+        )
         self._watcher = watcher
         if self._registry._closed:
             watcher.close()  # a watch opened on a closing store ends at once

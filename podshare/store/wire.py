@@ -1,46 +1,49 @@
-"""The replica wire format: a versioned msgpack envelope, decoded from untrusted bytes with bounds.
+"""The wire format: every message podshare's replicas and liveness exchange, each defined once.
 
-Every message is one msgpack array ``[version, kind, sender, *fields]``. ``version`` is
-:data:`VERSION`; a receiver rejects any other version with
-:class:`~podshare.exceptions.DecodeError` (and ignores extra trailing fields, so a later
-minor revision can append fields without breaking older readers). ``kind`` is a
-:class:`Kind`. Values travel as opaque ``bin`` blobs produced by the store's value codec,
-so this module never decodes a user's value.
+Every message is one msgpack array ``[tag, sender, nonce, *fields]``, decoded straight
+into the :class:`msgspec.Struct` below that defines it (``array_like``, typed and bounded
+field by field, so decoding untrusted bytes validates every type, range and length in C
+and allocates nothing a peer's claim sizes). ``tag`` is ``VERSION << 8 | kind``: an
+unknown version or kind is an unknown tag. ``sender`` is the node id, ``nonce`` the
+sender's incarnation (a random 63-bit number drawn when the process's liveness stream
+started), so a receiver tells a node's own echoes (same id, same nonce) from a second
+live process that shares its id (same id, another nonce). Trailing fields a later minor
+revision appends are ignored by older readers.
 
-Message kinds (fields after ``sender``):
+Store messages travel on ``ps/{name}`` (broadcast) and ``ps/{name}#{node}`` (a node's
+inbox); liveness messages on ``pl/live`` and ``pl/live#{node}``:
 
-- ``WRITES`` (1): ``entries`` — a batch of local writes (broadcast).
-- ``HELLO`` (2): ``incarnation, synced, lineage, keys`` — a new replica announces
-  itself (broadcast); every peer answers with a ``HEARTBEAT`` to its inbox.
-- ``HEARTBEAT`` (3): the same fields — periodic liveness (broadcast), or a hello's
-  answer (inbox).
-- ``LEAVE`` (4): nothing — a clean goodbye: receivers mark the sender down at once.
-- ``SYNC_REQUEST`` (5): ``sync_id, full, nbuckets, hashes, lineage`` — a digest sent to
-  one peer's inbox: one 8-byte hash per bucket (``full``: the requester holds nothing,
-  send everything).
-- ``SYNC_DATA`` (6): ``sync_id, seq, total, status, lineage, nbuckets, buckets,
-  entries`` — one chunk of the answer (``status`` 1: refused, the responder is not
-  synced itself); ``buckets`` lists the differing buckets in chunk 0 (``nil``: all).
-- ``SYNC_PUSH`` (7): ``sync_id, entries`` — what the requester holds and the responder
-  lacked, sent back to the responder's inbox.
+======================  =========  ===========================================================
+message                 topic      meaning
+======================  =========  ===========================================================
+:class:`Writes`         broadcast  a batch of local writes
+:class:`Hello`          broadcast  a replica joined (or rejoins) and asks synced peers to answer
+:class:`HelloAck`       inbox      a peer's answer: synced?, keys, transfers it serves
+:class:`Leave`          broadcast  a replica of this store closed (it serves no more syncs)
+:class:`SyncRequest`    inbox      one round of a digest exchange (or a full-transfer request)
+:class:`SyncReply`      inbox      the differing buckets, the responder's frontier vector
+:class:`SyncKeys`       inbox      a part of the responder's key summaries of final buckets
+:class:`SyncWant`       inbox      the requester asks for these keys' entries
+:class:`SyncData`       inbox      a part of an entry stream (answer or push), acknowledged
+:class:`SyncAck`        inbox      a part arrived; entries refused as deleted ride along
+:class:`Alive`          live       liveness: incarnation, refutation version, commitment
+:class:`Ping`           live inbox a liveness probe
+:class:`Ack`            live inbox the probe's answer
+:class:`Suspect`        live       a probe failed: the target refutes or is down after a while
+:class:`Bye`            live       a clean goodbye, proven with the token committed in Alive
+:class:`Members`        live inbox the member list handed to a newcomer
+======================  =========  ===========================================================
 
-An entry is ``[key, time, counter, origin, flags, value, epoch_time, epoch_counter,
-epoch_origin]``; ``flags`` is a bit set of :data:`TOMBSTONE`, :data:`EPHEMERAL` and
-:data:`MERGED` (the three epoch fields are present exactly when ``MERGED`` is set, and
-``value`` is ``nil`` exactly for tombstones).
-
-Decoding caps the message size before unpacking (:class:`~podshare.exceptions.FrameTooLarge`),
-then decodes with msgspec against a typed schema of every field (types, ranges, string
-lengths; no ext types, no maps; every declared length is checked against the bytes
-present before anything is allocated): garbage, truncation, unknown versions or kinds
-raise :class:`~podshare.exceptions.DecodeError`, never another exception. Tombstones and
-LWW entries omit their trailing ``nil`` fields.
+An entry (:class:`WireEntry`) is ``[key, time, counter, origin, flags, value,
+epoch_time, epoch_counter, epoch_origin, owner_nonce, expires]``; ``flags`` is a bit set
+of :data:`TOMBSTONE`, :data:`EPHEMERAL`, :data:`MERGED` and :data:`EXPIRING`. Trailing
+``nil`` fields are left out when packing (:func:`entry_list`).
 
 Example:
     >>> from podshare.crdt import Stamp
-    >>> e = make_entry("flag", Stamp(1000, 0, "pod-a"), 0, b"true", None)
-    >>> data = encode(Writes("pod-a", [e]))
-    >>> decode(data, max_size=1024) == Writes("pod-a", [e])
+    >>> e = make_entry("flag", Stamp(1000, 0, "pod-a"), 0, b"true")
+    >>> data = encode_raw(Writes("pod-a", 7, 1000, []), [entry_list(e)])
+    >>> decode(data, max_size=1024).entries == [e]
     True
     >>> decode(b"\\xc1", max_size=1024)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -50,86 +53,105 @@ Example:
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 
+from podshare._limits import MAX_KEY_LENGTH
 from podshare.crdt.clock import MAX_COUNTER, MAX_ORIGIN_LENGTH, MAX_TIME, Stamp
 from podshare.exceptions import DecodeError, FrameTooLarge
 
 __all__ = [
     "EPHEMERAL",
-    "HASH_SIZE",
-    "MAX_BUCKETS",
-    "MAX_KEY_LENGTH",
+    "EXPIRING",
     "MERGED",
     "TOMBSTONE",
     "VERSION",
-    "Heartbeat",
+    "Ack",
+    "Alive",
+    "Bye",
     "Hello",
-    "Kind",
+    "HelloAck",
+    "KeySummary",
     "Leave",
+    "MemberInfo",
+    "Members",
     "Message",
+    "Ping",
+    "Suspect",
+    "SyncAck",
     "SyncData",
-    "SyncPush",
+    "SyncKeys",
+    "SyncReply",
     "SyncRequest",
+    "SyncWant",
     "WireEntry",
     "Writes",
     "decode",
-    "decode_unless_from",
+    "decode_unless_own",
     "encode",
     "encode_raw",
+    "entry_list",
     "entry_size",
     "make_entry",
     "packed_size",
-    "raw_entry",
 ]
+# (The TAG_* constants are public too: tests and tools build raw messages with them.)
 
 #: The envelope version this module writes and the only one it reads.
-VERSION = 1
+VERSION: Final = 2
 #: Entry flag: the entry is a delete (its ``value`` is ``None``).
-TOMBSTONE = 1
-#: Entry flag: the entry lives only while its writer (``stamp.origin``) is alive.
-EPHEMERAL = 2
+TOMBSTONE: Final = 1
+#: Entry flag: the entry lives only while its writer's incarnation (``owner_nonce``) does.
+EPHEMERAL: Final = 2
 #: Entry flag: a merger store's entry; it carries an epoch.
-MERGED = 4
-_KNOWN_FLAGS = TOMBSTONE | EPHEMERAL | MERGED
-#: Longest key accepted from the wire, in characters (the store enforces the same).
-MAX_KEY_LENGTH = 1024
-#: Most buckets a digest may have.
-MAX_BUCKETS = 1 << 20
-#: Bytes per bucket hash in a digest.
-HASH_SIZE = 8
-_MAX_INT = 2**63 - 1
-_MAX_SEQ = 2**31 - 1
+MERGED: Final = 4
+#: Entry flag: the entry expires at ``expires`` (wall-clock ms) on every replica.
+EXPIRING: Final = 8
+_KNOWN_FLAGS: Final = TOMBSTONE | EPHEMERAL | MERGED | EXPIRING
 
-_SYNC_OK = 0
-_SYNC_REFUSED = 1
+#: Most buckets named in one sync round, and most keys in one summary or want part.
+MAX_LIST: Final = 1 << 16
+#: Bytes of one digest hash.
+HASH_SIZE: Final = 8
+#: Longest list of store beacons or members in one liveness message.
+MAX_BEACONS: Final = 1024
+_MAX_U63: Final = 2**63 - 1
 
-_Time = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME)]
-_Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
-_Node = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ORIGIN_LENGTH)]
-_EpochOrigin = Annotated[str, msgspec.Meta(max_length=MAX_ORIGIN_LENGTH)]
-_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
-_Flags = Annotated[int, msgspec.Meta(ge=0, le=_KNOWN_FLAGS)]
-_NonNeg = Annotated[int, msgspec.Meta(ge=0, le=_MAX_INT)]
-_Seq = Annotated[int, msgspec.Meta(ge=0, le=_MAX_SEQ)]
-_Buckets = Annotated[int, msgspec.Meta(ge=1, le=MAX_BUCKETS)]
+Time = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME)]
+Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+Node = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ORIGIN_LENGTH)]
+EpochOrigin = Annotated[str, msgspec.Meta(max_length=MAX_ORIGIN_LENGTH)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
+Flags = Annotated[int, msgspec.Meta(ge=0, le=_KNOWN_FLAGS)]
+# Nonces and entry hashes are 63-bit (msgspec bounds ints to int64).
+Nonce = Annotated[int, msgspec.Meta(ge=0, le=_MAX_U63)]
+U63 = Annotated[int, msgspec.Meta(ge=0, le=_MAX_U63)]
+Level = Annotated[int, msgspec.Meta(ge=0, le=3)]
+Bucket = Annotated[int, msgspec.Meta(ge=0, lt=1 << 12)]
+Token = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
 
 
-class Kind(enum.IntEnum):
-    """The message kinds of envelope version 1."""
+def _tag(kind: int) -> int:
+    return VERSION << 8 | kind
 
-    WRITES = 1
-    HELLO = 2
-    HEARTBEAT = 3
-    LEAVE = 4
-    SYNC_REQUEST = 5
-    SYNC_DATA = 6
-    SYNC_PUSH = 7
+
+TAG_WRITES: Final = _tag(1)
+TAG_HELLO: Final = _tag(2)
+TAG_HELLO_ACK: Final = _tag(3)
+TAG_LEAVE: Final = _tag(4)
+TAG_SYNC_REQUEST: Final = _tag(5)
+TAG_SYNC_REPLY: Final = _tag(6)
+TAG_SYNC_KEYS: Final = _tag(7)
+TAG_SYNC_WANT: Final = _tag(8)
+TAG_SYNC_DATA: Final = _tag(9)
+TAG_SYNC_ACK: Final = _tag(10)
+TAG_ALIVE: Final = _tag(17)
+TAG_PING: Final = _tag(18)
+TAG_ACK: Final = _tag(19)
+TAG_SUSPECT: Final = _tag(20)
+TAG_BYE: Final = _tag(21)
+TAG_MEMBERS: Final = _tag(22)
 
 
 class WireEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -139,34 +161,29 @@ class WireEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
         key: the key.
         time, counter, origin: the write's stamp (a merger entry: the highest stamp
             merged into it); ``origin`` is the writer.
-        flags: a bit set of :data:`TOMBSTONE`, :data:`EPHEMERAL`, :data:`MERGED`.
+        flags: a bit set of :data:`TOMBSTONE`, :data:`EPHEMERAL`, :data:`MERGED`,
+            :data:`EXPIRING`.
         value: the value codec's bytes; ``None`` exactly for a tombstone.
         epoch_time, epoch_counter, epoch_origin: a merger entry's epoch (present
             exactly when ``MERGED`` is set).
+        owner_nonce: the writer's incarnation for an ephemeral entry.
+        expires: wall-clock ms at which an ``EXPIRING`` entry turns into a delete.
+
+    The consistency of flags and optional fields is checked by the replica when it
+    applies an entry (one check per entry, in the same pass), not here.
     """
 
-    key: _Key
-    time: _Time
-    counter: _Counter
-    origin: _Node
-    flags: _Flags
+    key: Key
+    time: Time
+    counter: Counter
+    origin: Node
+    flags: Flags
     value: bytes | None = None
-    epoch_time: _Time | None = None
-    epoch_counter: _Counter | None = None
-    epoch_origin: _EpochOrigin | None = None
-
-    def __post_init__(self) -> None:
-        # Runs on decode too: msgspec reports the ValueError as a validation error.
-        flags = self.flags
-        if (self.value is None) != bool(flags & TOMBSTONE):
-            raise ValueError("an entry has a value exactly when it is not a tombstone")
-        has_epoch = self.epoch_origin is not None
-        if (
-            has_epoch != bool(flags & MERGED)
-            or (self.epoch_time is None) == has_epoch
-            or (self.epoch_counter is None) == has_epoch
-        ):
-            raise ValueError("an entry has an epoch exactly when it is MERGED")
+    epoch_time: Time | None = None
+    epoch_counter: Counter | None = None
+    epoch_origin: EpochOrigin | None = None
+    owner_nonce: Nonce | None = None
+    expires: Time | None = None
 
     @property
     def stamp(self) -> Stamp:
@@ -176,38 +193,59 @@ class WireEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
     @property
     def epoch(self) -> Stamp | None:
         """The merger entry's epoch, or ``None``."""
-        if self.epoch_origin is None:
+        if self.epoch_origin is None or self.epoch_time is None or self.epoch_counter is None:
             return None
-        return Stamp(self.epoch_time, self.epoch_counter, self.epoch_origin)  # type: ignore[arg-type]
+        return Stamp(self.epoch_time, self.epoch_counter, self.epoch_origin)
+
+    def consistent(self) -> bool:
+        """Whether the optional fields match the flags (a peer may send anything)."""
+        flags = self.flags
+        if (self.value is None) != bool(flags & TOMBSTONE):
+            return False
+        merged = bool(flags & MERGED)
+        if merged != (self.epoch_origin is not None):
+            return False
+        if merged and (self.epoch_time is None or self.epoch_counter is None):
+            return False
+        if not merged and (self.epoch_time is not None or self.epoch_counter is not None):
+            return False
+        if bool(flags & EPHEMERAL) != (self.owner_nonce is not None):
+            return False
+        if merged and flags & (EPHEMERAL | EXPIRING):
+            return False
+        return bool(flags & EXPIRING) == (self.expires is not None)
 
 
 def make_entry(
-    key: str, stamp: Stamp, flags: int, value: bytes | None, epoch: Stamp | None
+    key: str,
+    stamp: Stamp,
+    flags: int,
+    value: bytes | None,
+    epoch: Stamp | None = None,
+    *,
+    owner_nonce: int | None = None,
+    expires: int | None = None,
 ) -> WireEntry:
-    """Build a :class:`WireEntry` from stamps.
-
-    Raises:
-        ValueError: ``value``/``epoch`` do not match ``flags``.
-    """
+    """Build a :class:`WireEntry` from stamps (the caller keeps it consistent)."""
     if epoch is None:
-        return WireEntry(key, stamp[0], stamp[1], stamp[2], flags, value)
+        return WireEntry(
+            key, stamp[0], stamp[1], stamp[2], flags, value, None, None, None, owner_nonce, expires
+        )
     return WireEntry(key, stamp[0], stamp[1], stamp[2], flags, value, epoch[0], epoch[1], epoch[2])
 
 
-def _entry_list(e: WireEntry) -> list[Any]:
+def entry_list(e: WireEntry) -> list[Any]:
     """The entry as it is packed: trailing ``nil`` fields left out."""
+    if e.owner_nonce is not None or e.expires is not None:
+        return [
+            e.key, e.time, e.counter, e.origin, e.flags, e.value,
+            None, None, None, e.owner_nonce, e.expires,
+        ]  # fmt: skip
     if e.epoch_origin is not None:
         return [
-            e.key,
-            e.time,
-            e.counter,
-            e.origin,
-            e.flags,
-            e.value,
-            e.epoch_time,
-            e.epoch_counter,
-            e.epoch_origin,
-        ]
+            e.key, e.time, e.counter, e.origin, e.flags, e.value,
+            e.epoch_time, e.epoch_counter, e.epoch_origin,
+        ]  # fmt: skip
     if e.value is None:
         return [e.key, e.time, e.counter, e.origin, e.flags]
     return [e.key, e.time, e.counter, e.origin, e.flags, e.value]
@@ -219,311 +257,350 @@ def _utf8_len(s: str) -> int:
 
 def entry_size(e: WireEntry) -> int:
     """An upper bound of the entry's packed size in bytes (cheap: nothing is packed)."""
-    size = _utf8_len(e.key) + _utf8_len(e.origin) + 32
+    size = _utf8_len(e.key) + _utf8_len(e.origin) + 48
     if e.value is not None:
         size += len(e.value)
     if e.epoch_origin is not None:
-        size += _utf8_len(e.epoch_origin) + 24
+        size += _utf8_len(e.epoch_origin)
     return size
 
 
-@dataclass(frozen=True, slots=True)
-class Writes:
-    """A batch of writes, broadcast by their writer."""
+class KeySummary(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What the responder holds for one key of a final bucket: its stamp and state hash."""
 
-    sender: str
-    entries: Sequence[WireEntry]
+    key: Key
+    time: Time
+    counter: Counter
+    origin: Node
+    hash: Nonce
 
 
-@dataclass(frozen=True, slots=True)
-class _Presence:
-    """What :class:`Hello` and :class:`Heartbeat` carry.
+class MemberInfo(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One live incarnation in a :class:`Members` list."""
 
-    Attributes:
-        incarnation: the wall-clock ms at which this replica started (a restart with the
-            same node id has a new incarnation).
-        synced: the sender finished hydrating, so it may serve syncs.
-        lineage: the sender's state holds every write it could have seen since this
-            wall-clock ms (see the replica's tombstone horizon).
-        keys: how many entries the sender holds (sizes digests).
-    """
+    node: Node
+    nonce: Nonce
+    version: U63
+    started_at: Time
+    commitment: Token
 
-    sender: str
-    incarnation: int
+
+class _Message(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What every message carries after its tag: the sender's node id and incarnation."""
+
+    sender: Node
+    nonce: Nonce
+
+
+class _Head(msgspec.Struct, array_like=True, gc=False):
+    """The first three fields of any message (read before the body is decoded)."""
+
+    tag: int
+    sender: Any = None
+    nonce: Any = None
+
+
+class Writes(_Message, tag=TAG_WRITES, frozen=True, gc=False):
+    """A batch of writes, broadcast by their writer (``sent_at``: its wall clock)."""
+
+    sent_at: Time
+    entries: list[WireEntry]
+
+
+class Hello(_Message, tag=TAG_HELLO, frozen=True, gc=False):
+    """A replica announces itself; ``ask``: synced peers, answer with a :class:`HelloAck`."""
+
+    sent_at: Time
     synced: bool
-    lineage: int
-    keys: int
+    ask: bool
+    keys: U63
 
 
-@dataclass(frozen=True, slots=True)
-class Hello(_Presence):
-    """A replica announcing itself; peers answer with a :class:`Heartbeat` to its inbox."""
+class HelloAck(_Message, tag=TAG_HELLO_ACK, frozen=True, gc=False):
+    """A peer's answer to a hello (to the asker's inbox)."""
+
+    sent_at: Time
+    synced: bool
+    keys: U63
+    transfers: U63
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat(_Presence):
-    """Periodic liveness (broadcast), or a hello's answer (to the new replica's inbox)."""
+class Leave(_Message, tag=TAG_LEAVE, frozen=True, gc=False):
+    """A replica of this store closed: it serves no more syncs (liveness is separate)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Leave:
-    """A clean goodbye: receivers mark the sender down at once."""
+class SyncRequest(_Message, tag=TAG_SYNC_REQUEST, frozen=True, gc=False):
+    """One round of a digest exchange, to the responder's inbox.
 
-    sender: str
-
-
-@dataclass(frozen=True, slots=True)
-class SyncRequest:
-    """A digest sent to one peer's inbox: ``nbuckets`` hashes of ``HASH_SIZE`` bytes each.
-
-    Attributes:
-        sync_id: the requester's id for this exchange (echoed in the answer).
-        full: the requester holds nothing: send every entry, skip the comparison.
-        nbuckets: a power of two; a key's bucket is ``crc32(key) % nbuckets``.
-        hashes: ``nbuckets * 8`` bytes (empty when ``full``).
-        lineage: the requester's lineage (see :class:`Hello`).
+    ``level`` 0 asks for everything (the requester holds nothing); levels 1-3 carry the
+    requester's hashes of ``buckets`` (``None``: every bucket of that level), in order,
+    ``HASH_SIZE`` bytes each.
     """
 
-    sender: str
-    sync_id: int
-    full: bool
-    nbuckets: int
+    sync_id: U63
+    level: Level
+    buckets: list[Bucket] | None
     hashes: bytes
-    lineage: int
+
+    def __post_init__(self) -> None:
+        n = (16**self.level if self.level else 0) if self.buckets is None else len(self.buckets)
+        if self.buckets is not None and len(self.buckets) > MAX_LIST:
+            raise ValueError("too many buckets")
+        if len(self.hashes) != n * HASH_SIZE:
+            raise ValueError(f"{len(self.hashes)} hash bytes for {n} buckets")
+        if self.buckets is not None and any(b >= 16**self.level for b in self.buckets):
+            raise ValueError("a bucket beyond its level")
 
 
-@dataclass(frozen=True, slots=True)
-class SyncData:
-    """One chunk of a sync answer, sent to the requester's inbox.
+#: SyncReply status: answered.
+SYNC_OK: Final = 0
+#: SyncReply status: not synced itself; ask another peer.
+SYNC_REFUSED: Final = 1
+#: SyncReply status: serving enough transfers already; ask another peer.
+SYNC_BUSY: Final = 2
+#: SyncReply status: this exchange is unknown (timed out or never started).
+SYNC_UNKNOWN: Final = 3
 
-    Attributes:
-        sync_id: the request's id.
-        seq: this chunk's index, ``0 <= seq < total``.
-        total: how many chunks the answer has.
-        refused: the responder is not synced itself; ask another peer.
-        lineage: the responder's lineage.
-        nbuckets: the request's bucket count.
-        buckets: the differing buckets (meaningful in chunk 0; ``None`` means all).
-        entries: every entry the responder holds in the differing buckets (this chunk's share).
+
+class SyncReply(_Message, tag=TAG_SYNC_REPLY, frozen=True, gc=False):
+    """The responder's answer to one :class:`SyncRequest` round.
+
+    ``differ``: buckets of ``level`` whose hashes differ and that the requester should
+    descend into; ``final``: differing buckets the responder summarises key by key on
+    its :class:`SyncKeys` stream. ``vector`` (first reply only) is the responder's
+    horizon: ``[origin, time]`` pairs (see :mod:`podshare.store.horizon`).
     """
 
-    sender: str
-    sync_id: int
-    seq: int
-    total: int
-    refused: bool
-    lineage: int
-    nbuckets: int
-    buckets: Sequence[int] | None
-    entries: Sequence[WireEntry]
+    sync_id: U63
+    status: Annotated[int, msgspec.Meta(ge=0, le=3)]
+    level: Level
+    differ: Annotated[list[Bucket], msgspec.Meta(max_length=MAX_LIST)]
+    final: Annotated[list[Bucket], msgspec.Meta(max_length=MAX_LIST)]
+    vector: Annotated[list[tuple[Node, Time]], msgspec.Meta(max_length=MAX_LIST)] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SyncPush:
-    """Entries the requester holds and the responder lacked, sent to the responder's inbox."""
+class SyncKeys(_Message, tag=TAG_SYNC_KEYS, frozen=True, gc=False):
+    """Part ``part`` of the responder's key summaries of final buckets (``last``: the
+    final part of the whole exchange's summaries)."""
 
-    sender: str
-    sync_id: int
-    entries: Sequence[WireEntry]
+    sync_id: U63
+    part: U63
+    last: bool
+    items: Annotated[list[KeySummary], msgspec.Meta(max_length=MAX_LIST)]
 
 
-Message: TypeAlias = Writes | Hello | Heartbeat | Leave | SyncRequest | SyncData | SyncPush
+class SyncWant(_Message, tag=TAG_SYNC_WANT, frozen=True, gc=False):
+    """The requester wants these keys' entries (``last``: the final part of its list)."""
 
+    sync_id: U63
+    part: U63
+    last: bool
+    keys: Annotated[list[Key], msgspec.Meta(max_length=MAX_LIST)]
+
+
+#: Stream: the responder's entries to the requester (SyncData).
+STREAM_ANSWER: Final = 0
+#: Stream: the requester's entries the responder lacked (SyncData).
+STREAM_PUSH: Final = 1
+#: Stream: the responder's key summaries (SyncKeys).
+STREAM_KEYS: Final = 2
+#: Stream: the keys the requester wants (SyncWant).
+STREAM_WANT: Final = 3
+_Stream = Annotated[int, msgspec.Meta(ge=0, le=3)]
+
+
+class SyncData(_Message, tag=TAG_SYNC_DATA, frozen=True, gc=False):
+    """Part ``part`` of an entry stream; the receiver acknowledges each part.
+
+    ``last``: no part follows. ``vector``: in the first part of a full answer (the
+    responder's frontier) or of a push (the requester's), else ``None``.
+    """
+
+    sync_id: U63
+    stream: Annotated[int, msgspec.Meta(ge=0, le=1)]
+    part: U63
+    last: bool
+    entries: list[WireEntry]
+    vector: Annotated[list[tuple[Node, Time]], msgspec.Meta(max_length=MAX_LIST)] | None = None
+
+
+class SyncAck(_Message, tag=TAG_SYNC_ACK, frozen=True, gc=False):
+    """Part ``part`` of a stream arrived. ``drops``: entries of it refused as deleted
+    here (``[key, time, counter, origin]``): the sender forgets its copy if it still
+    holds exactly that stamp."""
+
+    sync_id: U63
+    stream: _Stream
+    part: U63
+    drops: Annotated[list[tuple[Key, Time, Counter, Node]], msgspec.Meta(max_length=MAX_LIST)]
+
+
+class Alive(_Message, tag=TAG_ALIVE, frozen=True, gc=False):
+    """Liveness of one incarnation (broadcast at join, on refutation, periodically).
+
+    ``version`` grows when the node refutes a suspicion; ``started_at`` (wall ms) orders
+    a restart after the life it replaces; ``commitment`` is the hash of the token its
+    :class:`Bye` will reveal; ``join`` asks a ring neighbour for the member list;
+    ``interval_ms`` is the sender's current interval between Alive broadcasts.
+    """
+
+    version: U63
+    started_at: Time
+    commitment: Token
+    sent_at: Time
+    join: bool
+    interval_ms: U63
+
+
+class Ping(_Message, tag=TAG_PING, frozen=True, gc=False):
+    """A probe of ``target`` (sent to its inbox)."""
+
+    probe: U63
+    target: Node
+
+
+class Ack(_Message, tag=TAG_ACK, frozen=True, gc=False):
+    """The answer to a :class:`Ping`: who answered, at which incarnation and version."""
+
+    probe: U63
+    version: U63
+    started_at: Time
+    commitment: Token
+
+
+class Suspect(_Message, tag=TAG_SUSPECT, frozen=True, gc=False):
+    """``target`` (at ``target_nonce``, ``target_version``) failed its probes."""
+
+    target: Node
+    target_nonce: Nonce
+    target_version: U63
+
+
+class Bye(_Message, tag=TAG_BYE, frozen=True, gc=False):
+    """A clean goodbye: ``token`` hashes to the commitment of the sender's Alive."""
+
+    token: Token
+
+
+class Members(_Message, tag=TAG_MEMBERS, frozen=True, gc=False):
+    """The live incarnations the sender knows, handed to a newcomer."""
+
+    members: Annotated[list[MemberInfo], msgspec.Meta(max_length=MAX_BEACONS)]
+
+
+Message: TypeAlias = (
+    Writes
+    | Hello
+    | HelloAck
+    | Leave
+    | SyncRequest
+    | SyncReply
+    | SyncKeys
+    | SyncWant
+    | SyncData
+    | SyncAck
+    | Alive
+    | Ping
+    | Ack
+    | Suspect
+    | Bye
+    | Members
+)
+
+_TYPES: dict[int, type[Any]] = {
+    TAG_WRITES: Writes,
+    TAG_HELLO: Hello,
+    TAG_HELLO_ACK: HelloAck,
+    TAG_LEAVE: Leave,
+    TAG_SYNC_REQUEST: SyncRequest,
+    TAG_SYNC_REPLY: SyncReply,
+    TAG_SYNC_KEYS: SyncKeys,
+    TAG_SYNC_WANT: SyncWant,
+    TAG_SYNC_DATA: SyncData,
+    TAG_SYNC_ACK: SyncAck,
+    TAG_ALIVE: Alive,
+    TAG_PING: Ping,
+    TAG_ACK: Ack,
+    TAG_SUSPECT: Suspect,
+    TAG_BYE: Bye,
+    TAG_MEMBERS: Members,
+}
 # --- encoding -------------------------------------------------------------------------
 
 _encoder = msgspec.msgpack.Encoder()
 
 
-def raw_entry(
-    key: str, stamp: Stamp, flags: int, value: bytes | None, epoch: Stamp | None
-) -> list[Any]:
-    """An entry as packed, without building a :class:`WireEntry` (for :func:`encode_raw`).
-
-    The caller vouches for its consistency (it comes from the replica's own state).
-    """
-    if epoch is not None:
-        return [key, stamp[0], stamp[1], stamp[2], flags, value, epoch[0], epoch[1], epoch[2]]
-    if value is None:
-        return [key, stamp[0], stamp[1], stamp[2], flags]
-    return [key, stamp[0], stamp[1], stamp[2], flags, value]
-
-
-def packed_size(raw: list[list[Any]]) -> int:
-    """The exact packed size of a list of :func:`raw_entry` lists (one C-level encode)."""
-    return len(_encoder.encode(raw))
-
-
-def encode_raw(msg: Writes | SyncData | SyncPush, raw: list[list[Any]]) -> bytes:
-    """Encode ``msg`` with ``raw`` (:func:`raw_entry` lists) as its entries.
-
-    ``msg.entries`` is ignored; this spares building a :class:`WireEntry` per entry when
-    a replica ships its own state (hydration answers carry every key).
-    """
-    obj = _envelope(msg)
-    obj[-1] = raw
-    return _encoder.encode(obj)
-
-
 def encode(msg: Message) -> bytes:
-    """Encode ``msg`` into one envelope.
+    """Encode ``msg`` (entries are packed as they are; see :func:`encode_raw`).
 
     Example:
-        >>> decode(encode(Leave("pod-a")), max_size=64)
-        Leave(sender='pod-a')
+        >>> decode(encode(Leave("pod-a", 9)), max_size=64)
+        Leave(sender='pod-a', nonce=9)
     """
-    return _encoder.encode(_envelope(msg))
+    if isinstance(msg, Writes | SyncData):
+        return encode_raw(msg, [entry_list(e) for e in msg.entries])
+    return _encoder.encode(msg)
 
 
-def _envelope(msg: Message) -> list[Any]:
-    if isinstance(msg, Writes):
-        obj: list[Any] = [VERSION, Kind.WRITES, msg.sender, [_entry_list(e) for e in msg.entries]]
-    elif isinstance(msg, Hello | Heartbeat):
-        kind = Kind.HELLO if isinstance(msg, Hello) else Kind.HEARTBEAT
-        obj = [VERSION, kind, msg.sender, msg.incarnation, msg.synced, msg.lineage, msg.keys]
-    elif isinstance(msg, Leave):
-        obj = [VERSION, Kind.LEAVE, msg.sender]
-    elif isinstance(msg, SyncRequest):
-        obj = [
-            VERSION,
-            Kind.SYNC_REQUEST,
-            msg.sender,
-            msg.sync_id,
-            msg.full,
-            msg.nbuckets,
-            msg.hashes,
-            msg.lineage,
-        ]
-    elif isinstance(msg, SyncData):
-        obj = [
-            VERSION,
-            Kind.SYNC_DATA,
-            msg.sender,
-            msg.sync_id,
-            msg.seq,
-            msg.total,
-            _SYNC_REFUSED if msg.refused else _SYNC_OK,
-            msg.lineage,
-            msg.nbuckets,
-            None if msg.buckets is None else list(msg.buckets),
-            [_entry_list(e) for e in msg.entries],
-        ]
-    elif isinstance(msg, SyncPush):
-        obj = [
-            VERSION,
-            Kind.SYNC_PUSH,
-            msg.sender,
-            msg.sync_id,
-            [_entry_list(e) for e in msg.entries],
-        ]
-    else:
-        raise TypeError(f"not a podshare message: {msg!r}")
-    return obj
+def encode_raw(msg: Writes | SyncData, raw: list[list[Any]]) -> bytes:
+    """Encode ``msg`` with ``raw`` (:func:`entry_list`-shaped lists) as its entries.
+
+    ``msg.entries`` is ignored: a replica shipping its own state packs lists straight
+    from its entries, without building a :class:`WireEntry` per key.
+    """
+    fields: list[Any] = [_TAG[type(msg)], *msgspec.structs.astuple(msg)]
+    fields[_ENTRIES_AT[type(msg)]] = raw
+    return _encoder.encode(fields)
+
+
+_TAG: dict[type[Any], int] = {cls: tag for tag, cls in _TYPES.items()}
+# Where the entries sit in the packed array (after the tag).
+_ENTRIES_AT: dict[type[Any], int] = {
+    cls: 1 + [f.name for f in msgspec.structs.fields(cls)].index("entries")
+    for cls in (Writes, SyncData)
+}
+
+
+def packed_size(obj: object) -> int:
+    """The exact packed size of ``obj`` (one C-level encode)."""
+    return len(_encoder.encode(obj))
 
 
 # --- decoding -------------------------------------------------------------------------
-# One typed schema per kind; msgspec checks every type and range in C. Trailing fields
-# beyond the schema are ignored, so a later minor revision may append fields.
-
-
-class _Head(msgspec.Struct, array_like=True, gc=False):
-    version: int
-    kind: int
-    # Read (unvalidated) so a node drops its own echoed broadcasts before the body.
-    sender: Any = None
-
-
-class _WritesS(msgspec.Struct, array_like=True):
-    version: int
-    kind: int
-    sender: _Node
-    entries: list[WireEntry]
-
-
-class _PresenceS(msgspec.Struct, array_like=True, gc=False):
-    version: int
-    kind: int
-    sender: _Node
-    incarnation: _NonNeg
-    synced: bool
-    lineage: _NonNeg
-    keys: _NonNeg
-
-
-class _LeaveS(msgspec.Struct, array_like=True, gc=False):
-    version: int
-    kind: int
-    sender: _Node
-
-
-class _SyncRequestS(msgspec.Struct, array_like=True, gc=False):
-    version: int
-    kind: int
-    sender: _Node
-    sync_id: _NonNeg
-    full: bool
-    nbuckets: _Buckets
-    hashes: bytes
-    lineage: _NonNeg
-
-
-class _SyncDataS(msgspec.Struct, array_like=True):
-    version: int
-    kind: int
-    sender: _Node
-    sync_id: _NonNeg
-    seq: _Seq
-    total: _Seq
-    status: Annotated[int, msgspec.Meta(ge=_SYNC_OK, le=_SYNC_REFUSED)]
-    lineage: _NonNeg
-    nbuckets: _Buckets
-    buckets: list[Annotated[int, msgspec.Meta(ge=0, lt=MAX_BUCKETS)]] | None
-    entries: list[WireEntry]
-
-
-class _SyncPushS(msgspec.Struct, array_like=True):
-    version: int
-    kind: int
-    sender: _Node
-    sync_id: _NonNeg
-    entries: list[WireEntry]
-
 
 _head_decoder = msgspec.msgpack.Decoder(_Head)
 _decoders: dict[int, msgspec.msgpack.Decoder[Any]] = {
-    Kind.WRITES: msgspec.msgpack.Decoder(_WritesS),
-    Kind.HELLO: msgspec.msgpack.Decoder(_PresenceS),
-    Kind.HEARTBEAT: msgspec.msgpack.Decoder(_PresenceS),
-    Kind.LEAVE: msgspec.msgpack.Decoder(_LeaveS),
-    Kind.SYNC_REQUEST: msgspec.msgpack.Decoder(_SyncRequestS),
-    Kind.SYNC_DATA: msgspec.msgpack.Decoder(_SyncDataS),
-    Kind.SYNC_PUSH: msgspec.msgpack.Decoder(_SyncPushS),
+    tag: msgspec.msgpack.Decoder(cls) for tag, cls in _TYPES.items()
 }
 
 
 def decode(data: bytes, *, max_size: int) -> Message:
-    """Decode one envelope from untrusted ``data``.
+    """Decode one message from untrusted ``data``.
 
     Raises:
         FrameTooLarge: ``data`` is longer than ``max_size`` (checked before unpacking).
         DecodeError: anything malformed; never another exception type.
     """
-    msg = decode_unless_from(data, None, max_size=max_size)
+    msg = decode_unless_own(data, None, 0, max_size=max_size)
     assert msg is not None
     return msg
 
 
-def decode_unless_from(data: bytes, own: str | None, *, max_size: int) -> Message | None:
-    """:func:`decode`, but ``None`` (the body left undecoded) when ``own`` sent ``data``.
+def decode_unless_own(
+    data: bytes | bytearray | memoryview, own: str | None, nonce: int, *, max_size: int
+) -> Message | None:
+    """:func:`decode`, but ``None`` (the body left undecoded) for this node's own echo.
 
-    Transports echo a node's broadcasts back to it; reading only the envelope's head
-    spares decoding every entry of its own write batches.
+    An echo is a message whose sender is ``own`` *and* whose nonce is ``nonce``; a
+    message with this node's id and another nonce comes from a second process using the
+    same node id, and is decoded.
 
     Example:
-        >>> data = encode(Leave("pod-a"))
-        >>> decode_unless_from(data, "pod-a", max_size=64) is None
+        >>> data = encode(Leave("pod-a", 9))
+        >>> decode_unless_own(data, "pod-a", 9, max_size=64) is None
         True
-        >>> decode_unless_from(data, "pod-b", max_size=64)
-        Leave(sender='pod-a')
+        >>> decode_unless_own(data, "pod-a", 10, max_size=64).nonce
+        9
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"message must be bytes, not {type(data).__name__}")
@@ -531,56 +608,19 @@ def decode_unless_from(data: bytes, own: str | None, *, max_size: int) -> Messag
         raise FrameTooLarge(f"message of {len(data)} bytes exceeds the {max_size}-byte cap")
     try:
         head = _head_decoder.decode(data)
-    except Exception as exc:  # msgspec.DecodeError, ValidationError
+    except Exception as exc:  # noqa: BLE001  # msgspec.DecodeError, ValidationError
         raise DecodeError(f"malformed message: {exc}") from None
-    if head.version != VERSION:
-        raise DecodeError(f"unknown message version {head.version} (this node speaks {VERSION})")
-    if own is not None and head.sender == own:
+    if own is not None and head.nonce == nonce and head.sender == own:
         return None
-    decoder = _decoders.get(head.kind)
+    decoder = _decoders.get(head.tag)
     if decoder is None:
-        raise DecodeError(f"unknown message kind {head.kind}")
+        version, kind = divmod(head.tag, 256)
+        if version != VERSION:
+            raise DecodeError(f"unknown message version {version} (this node speaks {VERSION})")
+        raise DecodeError(f"unknown message kind {kind}")
     try:
-        return _convert(decoder.decode(data))
-    except DecodeError:
-        raise
-    except Exception as exc:  # msgspec.DecodeError, ValidationError, or a check below
-        raise DecodeError(f"malformed {Kind(head.kind).name} message: {exc}") from None
-
-
-def _convert(obj: Any) -> Message:
-    if isinstance(obj, _WritesS):
-        return Writes(obj.sender, obj.entries)
-    if isinstance(obj, _PresenceS):
-        cls = Hello if obj.kind == Kind.HELLO else Heartbeat
-        return cls(obj.sender, obj.incarnation, obj.synced, obj.lineage, obj.keys)
-    if isinstance(obj, _LeaveS):
-        return Leave(obj.sender)
-    if isinstance(obj, _SyncRequestS):
-        n = obj.nbuckets
-        if n & (n - 1):
-            raise DecodeError("SYNC_REQUEST nbuckets must be a power of two")
-        if not obj.full and len(obj.hashes) != n * HASH_SIZE:
-            raise DecodeError(f"SYNC_REQUEST has {len(obj.hashes)} hash bytes for {n} buckets")
-        return SyncRequest(obj.sender, obj.sync_id, obj.full, n, obj.hashes, obj.lineage)
-    if isinstance(obj, _SyncDataS):
-        n = obj.nbuckets
-        if n & (n - 1):
-            raise DecodeError("SYNC_DATA nbuckets must be a power of two")
-        if not obj.seq < obj.total:
-            raise DecodeError(f"SYNC_DATA seq {obj.seq} not below total {obj.total}")
-        if obj.buckets is not None and any(b >= n for b in obj.buckets):
-            raise DecodeError("SYNC_DATA names a bucket beyond nbuckets")
-        return SyncData(
-            obj.sender,
-            obj.sync_id,
-            obj.seq,
-            obj.total,
-            obj.status == _SYNC_REFUSED,
-            obj.lineage,
-            n,
-            obj.buckets,
-            obj.entries,
-        )
-    assert isinstance(obj, _SyncPushS)
-    return SyncPush(obj.sender, obj.sync_id, obj.entries)
+        msg: Message = decoder.decode(data)
+    except Exception as exc:  # noqa: BLE001  # msgspec.DecodeError, ValidationError (incl. __post_init__)
+        name = _TYPES[head.tag].__name__
+        raise DecodeError(f"malformed {name} message: {exc}") from None
+    return msg

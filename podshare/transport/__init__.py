@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from podshare.transport.base import ClusterReadiness as ClusterReadiness
 from podshare.transport.auth import Authenticated as Authenticated
 from podshare.transport.auth import Authenticator as Authenticator
 from podshare.transport.auth import AuthStats as AuthStats
+from podshare.transport.base import ClusterReadiness as ClusterReadiness
 from podshare.transport.base import GapListeners as GapListeners
 from podshare.transport.base import GapReporting as GapReporting
 from podshare.transport.base import SubscriberCounting as SubscriberCounting
@@ -26,10 +26,10 @@ from podshare.transport.tcp import TcpStats as TcpStats
 from podshare.transport.tcp import TcpTransport as TcpTransport
 
 __all__ = [
-    "ClusterReadiness",
     "AuthStats",
     "Authenticated",
     "Authenticator",
+    "ClusterReadiness",
     "DNSDiscoverer",
     "DNSStats",
     "FaultPlan",

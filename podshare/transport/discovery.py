@@ -165,7 +165,7 @@ class DNSDiscoverer:
         try:
             answer = await self._resolver(self.host, self.port)
             found = self._addresses(answer)
-        except Exception as exc:  # any resolver failure: counted, logged, reported below
+        except Exception as exc:  # noqa: BLE001  # any resolver failure: counted, logged, reported below
             await self._failed(exc)
             return set(), set()
         try:

@@ -1210,7 +1210,7 @@ class RedisTransport(Service):
                         result = callback(*args)
                         if inspect.isawaitable(result):
                             await result
-                    except Exception:  # the user's bug: logged and counted, never fatal
+                    except Exception:  # noqa: BLE001  # the user's bug: logged and counted, never fatal
                         self._stats.callback_errors += 1
                         _log.exception("RedisTransport callback %s failed", _name(callback))
         finally:

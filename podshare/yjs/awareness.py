@@ -167,7 +167,7 @@ class AwarenessBridge:
                     self._dirty[client] = None
             if self._dirty:
                 self._wake.set()
-        except Exception:  # an awareness observer must not raise into pycrdt's loop
+        except Exception:  # noqa: BLE001  # an awareness observer must not raise into pycrdt's loop
             self._log.exception("awareness: recording a change failed")
 
     async def _writer(self) -> None:
@@ -199,7 +199,7 @@ class AwarenessBridge:
                     self.states_shared += 1
             except ClosedError:
                 return
-            except Exception as exc:  # the local write stands; the store repairs peers
+            except Exception as exc:  # noqa: BLE001  # the local write stands; the store repairs peers
                 self.write_failures += 1
                 if not self._failing:
                     self._failing = True
@@ -225,7 +225,7 @@ class AwarenessBridge:
                 if not started:
                     task_status.started()
                 await anyio.sleep_forever()
-            except Exception:  # logged; watched again below, never raised to the room
+            except Exception:  # noqa: BLE001  # logged; watched again below, never raised to the room
                 self._log.exception("awareness: watching the presence store failed")
             # The watcher was dropped (a full buffer) or failed: watch again and
             # reconcile from the store's current entries.
@@ -311,7 +311,7 @@ class AwarenessBridge:
             return
         try:
             await self._forward(awareness_message(update))
-        except Exception:  # the forwarder's own failure: logged, never raised
+        except Exception:  # noqa: BLE001  # the forwarder's own failure: logged, never raised
             self._log.exception("awareness: forwarding to this pod's clients failed")
 
     def _report(self, exc: BaseException) -> None:
@@ -320,5 +320,5 @@ class AwarenessBridge:
         if self._on_error is not None:
             try:
                 self._on_error(error)
-            except Exception:  # the user's callback: logged, never raised into the bridge
+            except Exception:  # noqa: BLE001  # the user's callback: logged, never raised into the bridge
                 self._log.exception("awareness: on_error raised")

@@ -346,7 +346,7 @@ class RoomBridge:
             self._changed.set()
             if not core.applying:
                 self._wake.set()
-        except Exception:  # counted and logged; never raised into pycrdt
+        except Exception:  # noqa: BLE001  # counted and logged; never raised into pycrdt
             self._counts["callback_errors"] += 1
             self._log.exception("room %r: handling a transaction failed", self.room)
 
@@ -380,7 +380,7 @@ class RoomBridge:
                         started = True
                         task_status.started()
                     backoff = _BACKOFF_FIRST
-            except Exception as exc:  # counted and reported; retried below
+            except Exception as exc:  # noqa: BLE001  # counted and reported; retried below
                 self._counts["subscribe_failures"] += 1
                 self._report(exc, "subscribing to the room failed")
                 if isinstance(exc, ClosedError):
@@ -400,7 +400,7 @@ class RoomBridge:
             async for data in messages:
                 try:
                     core.receive(data, anyio.current_time())
-                except Exception:  # another observer of the document failed
+                except Exception:  # noqa: BLE001  # another observer of the document failed
                     self._counts["callback_errors"] += 1
                     self._log.exception(
                         "room %r: an observer of the document failed on a peer's update",
@@ -446,7 +446,7 @@ class RoomBridge:
                 if callable(counter):
                     count = await counter(self.topic)
                 core.expect(count=count if isinstance(count, int) and count >= 0 else 1)
-        except Exception as exc:  # an optimisation only: fall back to one answer
+        except Exception as exc:  # noqa: BLE001  # an optimisation only: fall back to one answer
             self._report(exc, "finding the room's other pods failed")
             core.expect(count=1)
         if core.synced:
@@ -501,7 +501,7 @@ class RoomBridge:
         for topic, data in out:
             try:
                 await self._transport.publish(topic, data)
-            except Exception as exc:  # counted, reported once per outage, then retried
+            except Exception as exc:  # noqa: BLE001  # counted, reported once per outage, then retried
                 self._publish_failed(exc)
                 return
             self._counts["messages_sent"] += 1
@@ -532,7 +532,7 @@ class RoomBridge:
             await self._presence.set(
                 member_key_prefix(self.topic) + self.node_id, True, ephemeral=True
             )
-        except Exception as exc:  # the local entry stands; the store repairs peers later
+        except Exception as exc:  # noqa: BLE001  # the local entry stands; the store repairs peers later
             self._report(exc, "registering in the presence store failed")
 
     async def _leave_registry(self) -> None:
@@ -540,7 +540,7 @@ class RoomBridge:
             return
         try:
             await self._presence.delete(member_key_prefix(self.topic) + self.node_id)
-        except Exception as exc:  # the entry is ephemeral: it vanishes with this pod anyway
+        except Exception as exc:  # noqa: BLE001  # the entry is ephemeral: it vanishes with this pod anyway
             self._report(exc, "leaving the presence store failed")
 
     # -- persistence ---------------------------------------------------------------------
@@ -553,7 +553,7 @@ class RoomBridge:
                 state = await self._persistence.load(self.room)
             if state is not None:
                 core.load(state)
-        except Exception as exc:  # serve the room from its peers instead
+        except Exception as exc:  # noqa: BLE001  # serve the room from its peers instead
             self._counts["save_failures"] += 1
             self._report(exc, "loading the room failed")
 
@@ -570,7 +570,7 @@ class RoomBridge:
         core.changed = False
         try:
             await self._persistence.save(self.room, self._doc.get_update())
-        except Exception as exc:  # retried at the next change
+        except Exception as exc:  # noqa: BLE001  # retried at the next change
             core.changed = True
             self._changed.set()
             self._counts["save_failures"] += 1
@@ -594,7 +594,7 @@ class RoomBridge:
         if self._on_error is not None:
             try:
                 self._on_error(error)
-            except Exception:  # the user's callback: logged, never raised into the bridge
+            except Exception:  # noqa: BLE001  # the user's callback: logged, never raised into the bridge
                 self._log.exception("room %r: on_error raised", self.room)
 
     def stats(self) -> BridgeStats:

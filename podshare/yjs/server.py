@@ -169,7 +169,8 @@ class BridgedRoom(YRoom):
         #: Messages that could not be sent to a client (its connection was closing).
         self.send_failures = 0
 
-    def _provider(self, doc: Any = None, log: Any = None, path: Any = None) -> Any:
+    # pycrdt-websocket calls provider_factory(doc=..., log=..., path=...): the names stay.
+    def _provider(self, doc: Any = None, log: Any = None, path: Any = None) -> Any:  # noqa: ARG002
         return self._bridged()
 
     @asynccontextmanager
@@ -186,7 +187,7 @@ class BridgedRoom(YRoom):
     async def _send_quietly(self, client: Any, message: bytes) -> None:
         try:
             await client.send(message)
-        except Exception:  # a closing connection; its serve() ends by itself
+        except Exception:  # noqa: BLE001  # a closing connection; its serve() ends by itself
             self.send_failures += 1
 
     def _known_states(self) -> bytes | None:

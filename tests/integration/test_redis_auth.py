@@ -152,8 +152,9 @@ def _payload(message: bytes, sealed: bool) -> bytes:
 
 
 def _forgeries(ghosts: int) -> list[tuple[str, bytes]]:
-    """(topic, message) pairs a raw client publishes: garbage, ghost heartbeats, a sync
-    request, and a forged write, addressed to the victim's broadcast topic and inbox."""
+    """(topic, message) pairs a raw client publishes: garbage, ghost replicas claiming a
+    million keys (store hellos and liveness beacons), a sync request, and a forged
+    write, addressed to the victim's broadcast topics and inbox."""
     now_ms = int(time.time() * 1000)
     broadcast, inbox = f"ps/{NAME}", f"ps/{NAME}#victim"
     forged: list[tuple[str, bytes]] = [
@@ -162,36 +163,20 @@ def _forgeries(ghosts: int) -> list[tuple[str, bytes]]:
         (inbox, os.urandom(200)),
         (broadcast, bytes(HEADER_SIZE + TAG_SIZE)),
     ]
-    forged += [
-        (
-            broadcast,
-            wire.encode(
-                wire.Heartbeat(
-                    f"ghost-{i}", incarnation=now_ms, synced=True, lineage=0, keys=CLAIMED_KEYS
-                )
-            ),
+    for i in range(ghosts):
+        ghost = f"ghost-{i}"
+        forged.append(
+            (broadcast, wire.encode(wire.Hello(ghost, i, now_ms, True, False, CLAIMED_KEYS)))
         )
-        for i in range(ghosts)
-    ]
+        forged.append(
+            (
+                "pl/live",
+                wire.encode(wire.Alive(ghost, i, 0, now_ms, bytes(16), now_ms, True, 1000)),
+            )
+        )
     # The intruder makes itself known, then asks the victim for everything it holds.
-    forged.append(
-        (
-            broadcast,
-            wire.encode(
-                wire.Heartbeat("intruder", incarnation=now_ms, synced=True, lineage=0, keys=1)
-            ),
-        )
-    )
-    forged.append(
-        (
-            inbox,
-            wire.encode(
-                wire.SyncRequest(
-                    "intruder", sync_id=7, full=True, nbuckets=1, hashes=b"", lineage=0
-                )
-            ),
-        )
-    )
+    forged.append((broadcast, wire.encode(wire.Hello("intruder", 1, now_ms, True, False, 1))))
+    forged.append((inbox, wire.encode(wire.SyncRequest("intruder", 1, 7, 0, None, b""))))
     return forged
 
 
@@ -226,7 +211,7 @@ async def _attack(url: str, *, secret: str | None, ghosts: int) -> Outcome:
         answers = await stack.enter_async_context(raw.pubsub())
         victim_tr = await stack.enter_async_context(_transport(url, prefix, secret))
         peer_tr = await stack.enter_async_context(_transport(url, prefix, secret))
-        await tap.subscribe(victim_tr.channel_for(f"ps/{NAME}"))
+        await tap.subscribe(victim_tr.channel_for("pl/live"))
         await answers.subscribe(victim_tr.channel_for(f"ps/{NAME}#intruder"))
         victim = await stack.enter_async_context(
             Store[Any](NAME, victim_tr, node_id="victim", **options)
@@ -240,14 +225,14 @@ async def _attack(url: str, *, secret: str | None, ghosts: int) -> Outcome:
         await eventually(lambda: peer.get("k") == "legit")
         await eventually(lambda: victim.members() == {"victim", "peer"})
 
-        # Capture one of the peer's heartbeats as it crosses Redis.
+        # Capture one of the peer's liveness beacons as it crosses Redis.
         while True:
             captured = await _next_message(tap)
             try:
                 message = wire.decode(_payload(captured, sealed), max_size=1 << 20)
             except PodshareError:  # not a whole message on its own: keep looking
                 continue
-            if isinstance(message, wire.Heartbeat) and message.sender == "peer":
+            if isinstance(message, wire.Alive) and message.sender == "peer":
                 break
         await tap.unsubscribe()  # the test's own client must not buffer the flood
 
@@ -276,18 +261,20 @@ async def _attack(url: str, *, secret: str | None, ghosts: int) -> Outcome:
             growth = tracemalloc.get_traced_memory()[0] - baseline
         finally:
             tracemalloc.stop()
-        # The peer leaves (a LEAVE: the victim marks it down at once); then the intruder
-        # replays the heartbeat it captured while the peer was alive.
+        # The peer leaves (its goodbye: the victim marks it down at once); then the
+        # intruder replays the beacon it captured while the peer was alive.
         await peer_stack.aclose()
         await eventually(lambda: "peer" not in victim.members())
         replays = 5
         for _ in range(replays):
-            await raw.publish(victim_tr.channel_for(f"ps/{NAME}"), captured)
+            await raw.publish(victim_tr.channel_for("pl/live"), captured)
         if sealed:
-            auth = victim_tr.statistics
+            auth = victim_tr.stats
             await eventually(lambda: auth().auth.replayed >= replays)  # type: ignore[union-attr]
-        else:
-            await eventually(lambda: "peer" in victim.members())
+        # A fence on the liveness topic: once the victim's own beacon came back, the
+        # replays before it were read and judged.
+        await victim.set("fence", 2)
+        await eventually(lambda: victim.get("fence") == 2)
         return Outcome(
             snapshot=victim.snapshot(),
             members=members,
@@ -314,7 +301,7 @@ async def test_with_a_secret_forgeries_and_replays_change_nothing(
     redis_server: RedisServer,
 ) -> None:
     outcome = await _attack(redis_server.url, secret=SECRET, ghosts=GHOSTS_WITH_SECRET)
-    assert outcome.snapshot == {"k": "legit", "fence": 1}
+    assert outcome.snapshot == {"k": "legit", "fence": 2}
     assert outcome.members == {"victim", "peer"}
     assert outcome.members_after_replay == {"victim"}
     assert outcome.sync_answers == 0
@@ -339,6 +326,8 @@ async def test_without_a_secret_the_same_forgeries_get_in(redis_server: RedisSer
     assert outcome.snapshot.get("k") == "pwned"
     assert {f"ghost-{i}" for i in range(GHOSTS_WITHOUT_SECRET)} <= outcome.members
     assert "intruder" in outcome.members
-    assert "peer" in outcome.members_after_replay  # the replay brought a departed peer back
+    # A replayed beacon of a node that said goodbye changes nothing even without a
+    # secret: the goodbye (its token proven) ends that life for good.
+    assert "peer" not in outcome.members_after_replay
     assert outcome.sync_answers >= 1  # the victim answered the forged sync request
     assert outcome.auth is None

@@ -780,7 +780,7 @@ async def test_wait_ready_waits_for_peers_learned_through_peer_exchange() -> Non
         TcpTransport(node_id="a") as a,
         TcpTransport(node_id="b", peers=[a.address]) as b,
     ):
-        await eventually(lambda: "a" in b.connections and "b" in a.connections, a)
+        await eventually(lambda: "a" in b.connections and "b" in a.connections)
         async with TcpTransport(node_id="c", peers=[b.address]) as c:  # c only knows b
             with anyio.fail_after(TIMEOUT):
                 await c.wait_ready()

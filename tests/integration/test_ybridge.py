@@ -330,8 +330,19 @@ async def test_a_transport_that_counts_subscribers_tells_whom_to_wait_for() -> N
                 assert not pc.stats().synced_by_timeout
 
 
-async def test_an_empty_room_is_synced_within_the_timeout() -> None:
-    async with pods(1) as [(ta, a)], RoomBridge(a, ta, "room", sync_timeout=0.2) as bridge:
+async def test_an_empty_room_is_synced_at_once_when_the_transport_counts_nobody() -> None:
+    async with pods(1) as [(ta, a)], RoomBridge(a, ta, "room", sync_timeout=30) as bridge:
+        # The memory transport counts no other subscriber of the room: nothing to wait for.
+        with anyio.fail_after(TIMEOUT):
+            await bridge.synced.wait()
+        assert not bridge.stats().synced_by_timeout
+
+
+async def test_an_empty_room_is_synced_within_the_timeout_without_evidence() -> None:
+    async with (
+        pods(1) as [(ta, a)],
+        RoomBridge(a, CountingTransport(ta, None), "room", sync_timeout=0.2) as bridge,
+    ):
         with anyio.fail_after(TIMEOUT):
             await bridge.synced.wait()
         assert bridge.stats().synced_by_timeout
@@ -429,9 +440,8 @@ async def test_a_transport_down_at_start_is_survived() -> None:
             assert pb.stats().subscribe_failures == 3
 
 
-async def test_a_closed_transport_stops_sync_without_raising(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.mark.usefixtures("caplog")  # keeps the expected error log lines out of the output
+async def test_a_closed_transport_stops_sync_without_raising() -> None:
     async with pods(1) as [(ta, a)]:
         async with RoomBridge(a, ta, "room", sync_timeout=0.1) as bridge:
             await ta.aclose()
@@ -561,7 +571,7 @@ async def test_a_failing_observer_of_the_document_does_not_stop_the_bridge(
         open_provider(b, tb, "room") as pb,
     ):
 
-        def broken(event: Any) -> None:
+        def broken(_event: Any) -> None:
             raise RuntimeError("a user's observer is broken")
 
         b.observe(broken)
@@ -626,10 +636,10 @@ async def test_a_failing_persistence_is_reported_and_the_room_still_syncs() -> N
     errors: list[PodshareError] = []
 
     class Broken:
-        async def load(self, room: str) -> bytes | None:
+        async def load(self, _room: str) -> bytes | None:
             raise OSError("disk on fire")
 
-        async def save(self, room: str, state: bytes) -> None:
+        async def save(self, _room: str, _state: bytes) -> None:
             raise OSError("disk on fire")
 
     async with (

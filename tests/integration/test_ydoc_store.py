@@ -173,8 +173,8 @@ async def test_refresh_sends_no_document_once_pods_agree(plain: bool) -> None:
         # reached in two orders, decoded separately (Yrs's map order differs).
         await a.set(KEY, YDoc.from_update(_items_doc(plain, 0, 40, client_id=1)))
         await b.set(KEY, YDoc.from_update(_items_doc(plain, 40, 40, client_id=2)))
-        await until(a, lambda: len(a[KEY].array("items")) == 80)
-        await until(b, lambda: len(b[KEY].array("items")) == 80)
+        await eventually(lambda: len(a[KEY].array("items")) == 80, stores=[a])
+        await eventually(lambda: len(b[KEY].array("items")) == 80, stores=[b])
         assert a[KEY] == b[KEY]
         assert a[KEY].to_wire() == b[KEY].to_wire()
         whole = len(a[KEY].to_update())

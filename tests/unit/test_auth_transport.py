@@ -182,7 +182,7 @@ async def test_forgeries_are_dropped_counted_and_logged_rarely(
         b"",
         b"garbage",
         bytes(OVERHEAD),
-        wire.encode(wire.Leave("pod-a")),  # a plain podshare message, no MAC
+        wire.encode(wire.Leave("pod-a", 1)),  # a plain podshare message, no MAC
     ]
     async with (
         wrapped(network) as a,

@@ -348,7 +348,7 @@ async def test_cancelled_caller_leaves_nothing_and_the_owner_cancels_the_handler
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.call, "t", "m", b"")
-            await slow.started.wait()
+            await started.wait()
             assert b.stats().calls_pending == 1
             assert a.stats().handlers_active == 1
             tg.cancel_scope.cancel()

@@ -119,12 +119,23 @@ def test_observe_of_older_stamp_does_not_move_clock() -> None:
     assert clock.last == issued
 
 
-def test_observe_reports_skew_beyond_bound_and_still_advances() -> None:
+def test_observe_follows_a_stamp_up_to_the_bound() -> None:
     clock = HLC("a", time_source=FakeClock(1_000), max_skew_ms=100)
-    assert clock.observe(Stamp(1_100, 0, "b")) is False  # exactly at the bound
+    at_bound = Stamp(1_100, 0, "b")
+    assert clock.observe(at_bound) is False  # exactly at the bound: followed
+    assert clock.now() > at_bound
+
+
+def test_observe_reports_a_stamp_beyond_the_bound_and_follows_it_only_to_the_bound() -> None:
+    clock = HLC("a", time_source=FakeClock(1_000), max_skew_ms=100)
     far = Stamp(1_101, 0, "b")
     assert clock.observe(far) is True
-    assert clock.now() > far
+    stamp = clock.now()
+    assert stamp < far  # not dragged past the bound by one stamp
+    assert stamp.time == 1_100  # but as far as the bound allows
+    # A forged stamp at the top of the wire's range changes nothing more.
+    assert clock.observe(Stamp(2**53 - 1, 2**32 - 1, "evil")) is True
+    assert clock.now().time == 1_100
 
 
 def test_counter_overflow_moves_to_next_millisecond() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,11 +120,40 @@ def test_good_options_are_accepted(tr: MemoryTransport) -> None:
     assert store.value_type is None
 
 
-def test_default_node_ids_are_unique(tr: MemoryTransport) -> None:
-    ids = {Store("app", tr).node_id for _ in range(50)}
-    assert len(ids) == 50
-    assert all(ids)
-    assert not any("#" in i for i in ids)
+def test_the_default_node_id_is_the_processs(
+    tr: MemoryTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PODSHARE_NODE_ID", raising=False)
+    one, other = Store("identity-one", tr), Store("identity-two", tr)
+    # Every store of a process is one node: host name and pid, no "#".
+    assert one.node_id == other.node_id
+    assert one.node_id.endswith(f"-{os.getpid()}")
+    assert "#" not in one.node_id
+
+
+def test_podshare_node_id_is_read_when_a_store_is_built(
+    tr: MemoryTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODSHARE_NODE_ID", "pod-7")
+    assert Store("identity-env", tr).node_id == "pod-7"
+    monkeypatch.setenv("PODSHARE_NODE_ID", "pod-8")
+    assert Store("identity-env", tr).node_id == "pod-8"
+    monkeypatch.setenv("PODSHARE_NODE_ID", "bad#id")
+    with pytest.raises(ConfigurationError, match="PODSHARE_NODE_ID"):
+        Store("identity-env", tr)
+
+
+def test_a_second_replica_of_one_store_in_one_process_gets_a_derived_id(
+    tr: MemoryTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODSHARE_NODE_ID", "pod-1")
+    first, second, third = (Store("identity-three", tr) for _ in range(3))
+    assert [first.node_id, second.node_id, third.node_id] == ["pod-1", "pod-1~2", "pod-1~3"]
+    del second  # a replica that goes away gives its id back
+    gc.collect()
+    assert Store("identity-three", tr).node_id == "pod-1~2"
+    assert first.node_id == "pod-1"
+    assert third.node_id == "pod-1~3"
 
 
 def test_class_getitem() -> None:

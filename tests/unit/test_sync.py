@@ -387,7 +387,7 @@ def test_endpoint_calls_plain_functions_in_worker_threads(net: MemoryNetwork, ba
         handler_threads.append(threading.current_thread().name)
         return b"got " + payload
 
-    def boom(payload: bytes) -> bytes:
+    def boom(_payload: bytes) -> bytes:
         raise ValueError("no such user")
 
     with (
