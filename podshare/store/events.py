@@ -123,3 +123,15 @@ class Stats(StatsRecord):
     """Writers the horizon remembers (see ``docs/concepts.md``)."""
     duplicate_node_ids: int = 0
     """Times another live process was seen using this replica's node id."""
+    persist_writes: int = 0
+    """Writes to the persistence backend that succeeded."""
+    persist_records: int = 0
+    """Records (keys) those writes carried."""
+    persist_bytes: int = 0
+    """Bytes of those records."""
+    persist_errors: int = 0
+    """Writes or loads of the persistence backend that failed (retried with backoff)."""
+    persist_loaded: int = 0
+    """Entries loaded from the persistence backend when the store opened."""
+    persist_corrupt: int = 0
+    """Persisted records that could not be decoded (skipped)."""

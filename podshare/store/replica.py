@@ -50,10 +50,18 @@ from podshare.crdt.clock import HLC, Stamp
 from podshare.crdt.merger import Merger
 from podshare.exceptions import (
     ConfigurationError,
+    DecodeError,
     InvalidValue,
     PodshareError,
     ProtocolError,
     StoreNotEmpty,
+)
+from podshare.persistence.base import (
+    PersistedState,
+    decode_meta,
+    decode_record,
+    encode_meta,
+    encode_raw_record,
 )
 from podshare.store import wire
 from podshare.store.codec import ValueCodec
@@ -224,7 +232,6 @@ class Replica(Generic[T]):
         self._errors: list[PodshareError] = []
         self._out: list[Outgoing] = []
         self._clock = HLC(node_id, time_source=self._time, max_skew_ms=options.max_clock_skew_ms)
-        self._now = now
         self._limit = options.max_message_size - ENVELOPE_SLACK
         self.horizon = Horizon(node_id, started_at=now, hard_cap_ms=options.tombstone_hard_cap_ms)
         self.state: MapState[T] = MapState(
@@ -239,6 +246,7 @@ class Replica(Generic[T]):
             stats=self.stats,
             liveness=self._alive,
         )
+        self.state.now = now
         #: Live values only; the store's ``get`` is ``values.get``.
         self.values: dict[str, T] = self.state.values
         self.sync = SyncEngine(
@@ -276,7 +284,7 @@ class Replica(Generic[T]):
     # --- small helpers -----------------------------------------------------------------
 
     def _time(self) -> int:
-        return self._now
+        return self.state.now
 
     def _alive(self, node: str, nonce: int) -> bool | None:
         if self._liveness_of is None:
@@ -333,7 +341,7 @@ class Replica(Generic[T]):
             pending, self._pending = self._pending, {}
             entries, self._spill = self._spill, []
             entries.extend(e for e, _ in pending.values())
-            sent_at = self._now
+            sent_at = self.state.now
             for group in split(entries, wire.entry_size, self._limit):
                 msg = wire.Writes(self.node_id, self.nonce, sent_at, [])
                 out.append(
@@ -464,7 +472,7 @@ class Replica(Generic[T]):
                 large to travel in one message, or ``ephemeral``/``ttl_ms`` was asked of a
                 merger store. Nothing changed.
         """
-        self._now = now
+        self.state.now = now
         if self.merger is not None:
             self._check_merger_options(ephemeral, ttl_ms)
             merged, delta, epoch = self.state.prepare_merge(key, value)
@@ -511,7 +519,7 @@ class Replica(Generic[T]):
         Raises :class:`~podshare.exceptions.InvalidValue` (nothing changed) when any
         value is refused or too large.
         """
-        self._now = now
+        self.state.now = now
         if self.merger is not None:
             self._check_merger_options(ephemeral, ttl_ms)
             # Validate every merge first (each against the state before this call).
@@ -538,7 +546,7 @@ class Replica(Generic[T]):
 
         Returns whether the key was live.
         """
-        self._now = now
+        self.state.now = now
         stamp = self._clock.now()
         if self.merger is not None:
             entry = make_entry(key, stamp, TOMBSTONE | MERGED, None, stamp)
@@ -581,7 +589,7 @@ class Replica(Generic[T]):
             StoreNotEmpty: the replica already holds entries.
             InvalidValue: a value is refused (nothing was loaded).
         """
-        self._now = now
+        self.state.now = now
         if self.state.entries or self._pending:
             raise StoreNotEmpty(
                 f"seed() loads only into an empty store; {self.name!r} holds "
@@ -609,7 +617,7 @@ class Replica(Generic[T]):
     def receive(self, data: bytes, now: int) -> None:
         """Apply one received message; never raises for bad input (it is counted and
         queued as an error)."""
-        self._now = now
+        self.state.now = now
         stats = self.stats
         stats.messages_received += 1
         stats.bytes_received += len(data)
@@ -746,7 +754,7 @@ class Replica(Generic[T]):
 
     def node_event(self, event: MemberEvent, now: int) -> None:
         """Liveness changed (from the process's membership)."""
-        self._now = now
+        self.state.now = now
         if event.kind == "down":
             self.state.owner_down(event.node, event.nonce)
             peer = self._peers.get(event.node)
@@ -770,7 +778,7 @@ class Replica(Generic[T]):
 
     def hydrate(self, now: int) -> None:
         """Start joining: ask the store's synced peers (a broadcast hello) for their state."""
-        self._now = now
+        self.state.now = now
         if self._synced or self._hydrating:
             return
         self._hydrating = True
@@ -788,7 +796,7 @@ class Replica(Generic[T]):
         ``others`` is how many other processes subscribe to this store's broadcast topic
         (``None``: the transport cannot tell).
         """
-        self._now = now
+        self.state.now = now
         self._evidence_ready = ready
         self._evidence_others = others
         if self._hydrating and not self._candidates and not self.sync.requesting():
@@ -857,7 +865,7 @@ class Replica(Generic[T]):
     def request_sync(self, now: int, *, peer: str | None = None) -> str | None:
         """Start one exchange (anti-entropy, a gap's repair, refresh()): returns the peer
         asked, or None when there is nobody to ask (or one already runs)."""
-        self._now = now
+        self.state.now = now
         if self.sync.requesting():
             return None
         chosen = peer if peer is not None else self._choose_peer(now)
@@ -898,7 +906,7 @@ class Replica(Generic[T]):
 
     def _on_finished(self, notice: SyncFinished) -> None:
         peer = self._peers.get(notice.peer)
-        now = self._now
+        now = self.state.now
         if notice.ok:
             self.stats.refreshes += 1
             if peer is not None:
@@ -916,11 +924,88 @@ class Replica(Generic[T]):
         if self._hydrating:
             self._hydrate_from_best(now)
 
+    # --- persistence -------------------------------------------------------------------
+
+    def track_changes(self, on: bool = True) -> None:
+        """Start (or stop) remembering which keys changed, for :meth:`persist_changes`."""
+        self.state.dirty = {} if on else None
+
+    def persist_changes(
+        self, now: int, *, everything: bool = False
+    ) -> tuple[dict[str, bytes | None], bytes]:
+        """Records of every key changed since the last call (``everything``: every key),
+        and the meta record; the changed keys are forgotten (see :meth:`changes_failed`).
+
+        A key whose entry is gone, or is ephemeral (never persisted: a cold restart must
+        not bring back a route to a dead pod), maps to ``None``.
+        """
+        self.state.now = now
+        state = self.state
+        dirty = state.dirty
+        if dirty is None:
+            return {}, b""
+        keys: Iterable[str] = list(state.entries) if everything else list(dirty)
+        dirty.clear()
+        records: dict[str, bytes | None] = {}
+        entries = state.entries
+        for key in keys:
+            e = entries.get(key)
+            if e is None or e.flags & EPHEMERAL:
+                records[key] = None
+            else:
+                raw = state.raw(key)
+                records[key] = None if raw is None else encode_raw_record(raw)
+        meta = encode_meta(now, self.horizon.vector(self._clock.peek() - 1))
+        return records, meta
+
+    def changes_failed(self, keys: Iterable[str], now: int) -> None:
+        """A write of these keys failed: remember them as changed again."""
+        dirty = self.state.dirty
+        if dirty is not None:
+            for key in keys:
+                dirty.setdefault(key, now)
+
+    def load(self, persisted: PersistedState, now: int) -> int:
+        """Join a persisted state into this replica (before it hydrates); returns how many
+        entries it held. Corrupt records are skipped, counted and reported; the horizon
+        adopts the persisted vector, so deletes stay deleted across a cold restart."""
+        self.state.now = now
+        entries: list[WireEntry] = []
+        for key, data in persisted.records.items():
+            try:
+                entry = decode_record(data)
+                if entry.key != key:
+                    raise DecodeError(f"the record of {key!r} holds key {entry.key!r}")
+            except DecodeError as exc:
+                self.stats.persist_corrupt += 1
+                self._errors.append(DecodeError(f"persisted record of {key!r} skipped: {exc}"))
+                continue
+            entries.append(entry)
+        if entries:
+            top = max(e.time for e in entries)
+            self._clock.observe(Stamp(min(top, now + self.options.max_clock_skew_ms), 0, ""))
+            emit, self.state.emit = self.state.emit, False
+            dirty, self.state.dirty = self.state.dirty, None
+            try:
+                self.state.apply(entries, now)
+            finally:
+                self.state.emit, self.state.dirty = emit, dirty
+        if persisted.meta is not None:
+            try:
+                _, vector = decode_meta(persisted.meta)
+            except DecodeError as exc:
+                self.stats.persist_corrupt += 1
+                self._errors.append(DecodeError(f"persisted meta record skipped: {exc}"))
+            else:
+                self.horizon.merge(vector, now)
+        self.stats.persist_loaded += len(entries)
+        return len(entries)
+
     # --- time ------------------------------------------------------------------------
 
     def tick(self, now: int) -> None:
         """Do what is due at ``now``: expiry, sync timeouts, hellos, compaction."""
-        self._now = now
+        self.state.now = now
         self.state.expire(now)
         self.sync.tick(now)
         if self._hello_at is not None and now >= self._hello_at:
@@ -939,7 +1024,7 @@ class Replica(Generic[T]):
 
     def compact(self, now: int) -> int:
         """Forget tombstones the horizon allows forgetting; return how many."""
-        self._now = now
+        self.state.now = now
         ttl = self.options.tombstone_ttl_ms
         down_since = self._down_since
 
@@ -956,7 +1041,7 @@ class Replica(Generic[T]):
 
         Call :meth:`data_to_send` afterwards and publish what it returns.
         """
-        self._now = now
+        self.state.now = now
         if self._left:
             return
         self._left = True

@@ -100,6 +100,7 @@ class MapState(Generic[T]):
         "_liveness",
         "_tombs",
         "codec",
+        "dirty",
         "emit",
         "entries",
         "ephemeral",
@@ -110,6 +111,7 @@ class MapState(Generic[T]):
         "merger",
         "node_id",
         "nonce",
+        "now",
         "retracted",
         "stats",
         "tree",
@@ -149,6 +151,11 @@ class MapState(Generic[T]):
         self.ephemeral: dict[tuple[str, int], set[str]] = {}
         #: Whether SET/DELETE/EXPIRED events are built for remote changes (watchers).
         self.emit = True
+        #: With persistence: key -> when (local ms) it first changed since it was last
+        #: persisted; None when the store has no persistence.
+        self.dirty: dict[str, int] | None = None
+        #: The replica's latest ``now`` (set by the replica with every input).
+        self.now = 0
         self._expiring: list[tuple[int, str]] = []
         # (stamp time, key) of tombstones, oldest first, for compaction.
         self._tombs: list[tuple[int, str]] = []
@@ -247,6 +254,9 @@ class MapState(Generic[T]):
         """Make ``new`` the entry of ``key`` (replacing ``old``), keeping indexes in step."""
         entries = self.entries
         entries[key] = new
+        dirty = self.dirty
+        if dirty is not None and key not in dirty:
+            dirty[key] = self.now
         if new.flags & TOMBSTONE:
             self.values.pop(key, None)
             heapq.heappush(self._tombs, (new.time, key))
@@ -277,6 +287,9 @@ class MapState(Generic[T]):
         """Remove ``key``'s entry altogether (compaction); return it."""
         old = self.entries.pop(key)
         self.values.pop(key, None)
+        dirty = self.dirty
+        if dirty is not None and key not in dirty:
+            dirty[key] = self.now
         if type(old) is WireEntry:
             self.tree.remove(
                 key, lww_hash(key, old.time, old.counter, old.origin, old.flags, old.value)
@@ -407,6 +420,7 @@ class MapState(Generic[T]):
         holds = self.horizon.holds
         tree_add = self.tree.add
         emit = self.emit
+        dirty = self.dirty
         events = self.events
         stats = self.stats
         applied = stale = 0
@@ -443,6 +457,8 @@ class MapState(Generic[T]):
                 entries[key] = we
                 values[key] = value
                 tree_add(key, lww_hash(key, we.time, we.counter, we.origin, 0, we.value))
+                if dirty is not None and key not in dirty:
+                    dirty[key] = now
             else:
                 self._install(key, we, cur, value)
             if emit:

@@ -60,6 +60,7 @@ from podshare.exceptions import (
     PodshareError,
     TransportError,
 )
+from podshare.persistence.base import Persistence
 from podshare.store.codec import Codec, ValueCodec, value_codec
 from podshare.store.events import Event, Stats
 from podshare.store.liveness import LivenessAgent, agent_for
@@ -197,6 +198,12 @@ class Store(Service, Generic[T]):
             ephemeral entries are removed).
         close_timeout: the most seconds leaving ``async with`` spends handing over the
             last batch (also bounded by the caller's own deadline).
+        persistence: where the store's state survives a full restart: a
+            [`Persistence`][podshare.persistence.Persistence] backend; ``None`` (the
+            default) for the transport's default (a `RedisTransport` keeps it in Redis;
+            other transports have none); ``False`` for none.
+        persist_interval: seconds between writes of what changed to ``persistence``
+            (the most a crash of every pod can lose); a clean close writes the rest.
 
     Raises:
         ConfigurationError: an option is invalid; the message names it.
@@ -230,6 +237,11 @@ class Store(Service, Generic[T]):
         "_node_id",
         "_on_error",
         "_options",
+        "_persist_failing",
+        "_persist_interval",
+        "_persist_writer",
+        "_persistence",
+        "_persistence_option",
         "_publish_failing",
         "_queued",
         "_remove_gap_listener",
@@ -317,6 +329,8 @@ class Store(Service, Generic[T]):
         heartbeat_interval: float = 1.0,
         down_after: float = 5.0,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        persistence: Persistence | bool | None = None,
+        persist_interval: float = 1.0,
     ) -> None:
         super().__init__(close_timeout=close_timeout)
         check_name(name, "name", MAX_NAME_LENGTH)
@@ -361,6 +375,16 @@ class Store(Service, Generic[T]):
         ):
             _check_seconds(option, value)
         _check_seconds("hydrate_timeout", hydrate_timeout, allow_zero=True)
+        _check_seconds("persist_interval", persist_interval)
+        if persistence is True:
+            raise ConfigurationError(
+                "persistence=True is ambiguous: pass a backend (MemoryPersistence(), "
+                "SQLitePersistence(path), ...), None for the transport's default, or False"
+            )
+        if persistence not in (None, False) and not isinstance(persistence, Persistence):
+            raise ConfigurationError(
+                f"persistence must be a Persistence backend, None or False, not {persistence!r}"
+            )
         if down_after <= heartbeat_interval:
             raise ConfigurationError(
                 f"down_after ({down_after!r}) must be greater than heartbeat_interval "
@@ -384,6 +408,11 @@ class Store(Service, Generic[T]):
         self._hydrate_timeout = float(hydrate_timeout)
         self._require_sync = require_sync
         self._anti_entropy_interval = float(anti_entropy_interval)
+        self._persistence_option = persistence
+        self._persistence: Persistence | None = None
+        self._persist_interval = float(persist_interval)
+        self._persist_writer = False
+        self._persist_failing = False
         self._topic = f"ps/{name}"
         self._inbox = f"ps/{name}#{self._node_id}"
         self._options = ReplicaOptions(
@@ -468,6 +497,7 @@ class Store(Service, Generic[T]):
         self._replica = replica
         self._values = replica.values
         _local_replicas(self._transport, self._name, 1)
+        await self._load_persisted()
         await self.start(self._reader, self._topic, name=f"podshare {self._name} receive")
         await self.start(self._reader, self._inbox, name=f"podshare {self._name} inbox")
         await agent.attach(self)
@@ -477,6 +507,8 @@ class Store(Service, Generic[T]):
         self.start_soon(self._anti_entropy, name=f"podshare {self._name} anti-entropy")
         if isinstance(self._transport, GapReporting):
             self._remove_gap_listener = self._transport.add_gap_listener(self._on_gap)
+        if self._persistence is not None:
+            self.start_soon(self._persister, name=f"podshare {self._name} persister")
         await self._hydrate()
 
     async def _hydrate(self) -> None:
@@ -514,6 +546,103 @@ class Store(Service, Generic[T]):
             self._hydrate_timeout,
             len(self._values),
         )
+
+    # --- persistence ---------------------------------------------------------------
+
+    async def _load_persisted(self) -> None:
+        """Resolve the backend, then join what it holds into the replica."""
+        option = self._persistence_option
+        backend: Persistence | None = None
+        if option is None:
+            default = getattr(self._transport, "default_persistence", None)
+            if callable(default):
+                found = default()
+                if found is not None and not isinstance(found, Persistence):
+                    raise ConfigurationError(
+                        f"{self._transport!r}.default_persistence() returned {found!r}"
+                    )
+                backend = found
+        elif option is not False:
+            assert isinstance(option, Persistence)
+            backend = option
+        self._persistence = backend
+        if backend is None:
+            return
+        replica = self._require_replica()
+        replica.track_changes()
+        try:
+            with anyio.fail_after(max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT)):
+                persisted = await backend.load(self._name)
+        except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
+            replica.stats.persist_errors += 1
+            self._report(_persistence_error("loading", self._name, exc))
+            return
+        loaded = replica.load(persisted, _now_ms())
+        self._after()
+        self._log.debug("store %r loaded %d persisted entries", self._name, loaded)
+
+    def _is_persist_writer(self) -> bool:
+        backend = self._persistence
+        if backend is None:
+            return False
+        if not backend.shared:
+            return True
+        # One replica writes a shared backend: the lowest live node id of the store.
+        return min(self._require_replica().members()) == self._node_id
+
+    async def _persister(self) -> None:
+        """Every ``persist_interval``: write what changed (retrying failures with backoff)."""
+        backoff = self._persist_interval
+        while True:
+            await anyio.sleep(backoff)
+            ok = await self._persist_once()
+            backoff = self._persist_interval if ok else min(2 * backoff, 30.0)
+
+    async def _persist_once(self) -> bool:
+        backend = self._persistence
+        replica = self._replica
+        if backend is None or replica is None:
+            return True
+        now = _now_ms()
+        if not self._is_persist_writer():
+            self._persist_writer = False
+            replica.persist_changes(now)  # the writer persists them; forget them here
+            return True
+        full = not self._persist_writer and backend.shared
+        records, meta = replica.persist_changes(now, everything=full)
+        if full:
+            # Taking over a shared backend: make it this replica's state exactly.
+            try:
+                current = await backend.load(self._name)
+            except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
+                replica.changes_failed(records, now)
+                return self._persist_failed("loading", exc)
+            for key in current.records:
+                records.setdefault(key, None)
+        if not records and not full:
+            return True
+        try:
+            await backend.write(self._name, records, meta)
+        except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
+            replica.changes_failed(records, now)
+            return self._persist_failed("writing", exc)
+        self._persist_writer = True
+        stats = replica.stats
+        stats.persist_writes += 1
+        stats.persist_records += len(records)
+        stats.persist_bytes += sum(len(r) for r in records.values() if r is not None)
+        if self._persist_failing:
+            self._persist_failing = False
+            self._log.info("store %r: persistence works again", self._name)
+        return True
+
+    def _persist_failed(self, what: str, exc: BaseException) -> bool:
+        replica = self._require_replica()
+        replica.stats.persist_errors += 1
+        if not self._persist_failing:
+            self._persist_failing = True
+            self._report(_persistence_error(what, self._name, exc))
+        return False
 
     async def _wait_transport_ready(self) -> None:
         transport = self._transport
@@ -558,6 +687,8 @@ class Store(Service, Generic[T]):
             return
         replica.leave(_now_ms())
         await self._flush_round()
+        if self._persistence is not None and (self._persist_writer or not self._persistence.shared):
+            await self._persist_once()
         agent = self._agent
         if agent is not None and agent.detach(self):
             for to, data in agent.goodbye():
@@ -1130,6 +1261,15 @@ class _Watching(AbstractAsyncContextManager["Watch[T]"], Generic[T]):
             await self._context.__aexit__(*exc_info)
         finally:
             self._store._watchers_changed()
+
+
+def _persistence_error(what: str, name: str, exc: BaseException) -> PodshareError:
+    error = TransportError(
+        f"store {name!r}: {what} its persisted state failed ({type_name(exc)}: {exc}); "
+        "writes go on, and the state is written once the backend is back"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _closed_get(_key: object, _default: object = None) -> NoReturn:
