@@ -26,10 +26,12 @@ from typing import Any
 import msgpack
 
 from podshare.crdt import ORSet
+from podshare.store.membership import LivenessOptions
 from podshare.store.replica import Replica, ReplicaOptions
 from podshare.testing import SimNetwork
 
-OPTIONS = ReplicaOptions(heartbeat_interval_ms=100, down_after_ms=1_000)
+OPTIONS = ReplicaOptions()
+LIVENESS = LivenessOptions(heartbeat_interval_ms=100, down_after_ms=1_000)
 
 
 def value_of(i: int) -> dict[str, Any]:
@@ -37,13 +39,13 @@ def value_of(i: int) -> dict[str, Any]:
 
 
 def loaded_cluster(keys: int) -> SimNetwork:
-    net = SimNetwork(seed=0, options=OPTIONS)
+    net = SimNetwork(seed=0, options=OPTIONS, liveness=LIVENESS)
     net.add("a")
     net.settle()
     a = net.replica("a")
     for i in range(keys):
         a.local_set(f"key:{i}", value_of(i), net.now)
-    a.take_outgoing()  # as if long delivered: the benchmark ships state by sync only
+    a.data_to_send()  # as if long delivered: the benchmark ships state by sync only
     return net
 
 
@@ -81,22 +83,21 @@ def bench_refresh(keys: int, differing: int) -> tuple[int, int]:
     net.add("b")
     net.run()
     full = net.bytes_sent - before  # hydration: the full snapshot, chunked
-    net.advance(2 * OPTIONS.heartbeat_interval_ms, step_ms=50)
-    a, b = net.replica("a"), net.replica("b")
+    net.advance(2 * LIVENESS.heartbeat_interval_ms, step_ms=50)
+    b = net.replica("b")
     step = keys // differing
     for i in range(differing):
         b.local_set(f"key:{i * step}", {"changed": i}, net.now)
-    b.take_outgoing()  # lost on the way: only a refresh can repair it
+    b.data_to_send()  # lost on the way: only a refresh can repair it
     before = net.bytes_sent
-    a.start_sync(net.now, prefer="b")
-    net.flush()
+    net.request_sync("a", "b")
     net.run()
     assert net.converged()
     return net.bytes_sent - before, full
 
 
 def bench_orset_add(size: int) -> tuple[int, int]:
-    net = SimNetwork(seed=0, value_type=ORSet, options=OPTIONS)
+    net = SimNetwork(seed=0, value_type=ORSet, options=OPTIONS, liveness=LIVENESS)
     net.add("a")
     net.settle()
     a = net.replica("a")
@@ -104,9 +105,9 @@ def bench_orset_add(size: int) -> tuple[int, int]:
     for i in range(size):
         big = big.add(i, "a")
     a.local_set("online", big, net.now)
-    a.take_outgoing()
+    a.data_to_send()
     a.local_set("online", a.values["online"].add(size + 1, "a"), net.now)
-    one_add = sum(len(o.data) for o in a.take_outgoing())
+    one_add = sum(len(o.data) for o in a.data_to_send())
     whole = len(net.codec.encode(a.values["online"]))
     return one_add, whole
 
@@ -115,18 +116,20 @@ def _hydrate_directly(net: SimNetwork, node: str) -> Replica[Any]:
     """Hydrate a fresh replica from "a" by hand, keeping none of the events."""
     a = net.replica("a")
     new: Replica[Any] = Replica(
-        net.name, node, net.codec, merger=net.merger, options=OPTIONS, now=net.now
+        net.name, node, 99, net.codec, merger=net.merger, options=OPTIONS, now=net.now
     )
-    new.start_sync(net.now, hydrate=True)
-    inbox = [o.data for o in new.take_outgoing()]
+    new.emit_data_events = False
+    new.hydrate(net.now)
+    new.cluster_evidence(net.now, ready=True, others=1)
+    inbox = [o.data for o in new.data_to_send()]
     while inbox:
         for data in inbox:
             a.receive(data, net.now)
-        inbox = []
-        for out in a.take_outgoing():
+        for out in a.data_to_send():
             if out.to in (None, node):
                 new.receive(out.data, net.now)
-        inbox = [o.data for o in new.take_outgoing() if o.to in (None, "a")]
+        new.syncs_finished()
+        inbox = [o.data for o in new.data_to_send() if o.to in (None, "a")]
     assert new.synced
     return new
 

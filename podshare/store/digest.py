@@ -38,6 +38,7 @@ __all__ = [
     "DigestTree",
     "bucket_of",
     "children",
+    "entry_hash",
     "lww_hash",
     "merged_hash",
     "position",
@@ -70,11 +71,32 @@ def children(_level: int, buckets: Iterable[int]) -> list[int]:
     return [b << 4 | i for b in buckets for i in range(16)]
 
 
-def _mix(x: int) -> int:
-    # splitmix64's finalizer: a bijection of 64 bits that spreads every input bit.
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _M64
-    return (x ^ (x >> 31)) & _M63
+_origin_crc: dict[str, int] = {}
+
+
+def _crc_of_origin(origin: str) -> int:
+    crc = _origin_crc.get(origin)
+    if crc is None:
+        if len(_origin_crc) > 65536:
+            _origin_crc.clear()  # node ids come and go: a bound, not an exact cache
+        crc = _origin_crc[origin] = _crc32(origin.encode())
+    return crc
+
+
+def entry_hash(
+    kc: int, time: int, counter: int, origin: str, flags: int, value: bytes | None
+) -> int:
+    """:func:`lww_hash` from the key's position ``kc`` (``crc32`` of its UTF-8 bytes).
+
+    CRC32 (in C) folds the value and the key together; the stamp, origin and flags are
+    mixed in, and one multiplication makes the whole nonlinear, so that XOR-ing many
+    entries' hashes into a bucket cannot cancel (two keys swapping values still change
+    the bucket's hash).
+    """
+    a = _crc32(value, kc) if value is not None else kc ^ 0x5BD1E995
+    x = (a << 31) ^ (time * 0x9E3779B1) ^ (counter << 17) ^ (_crc_of_origin(origin) << 7) ^ flags
+    x = (x * 0x9E3779B97F4A7C15) & _M63
+    return x ^ (x >> 29)
 
 
 def lww_hash(
@@ -85,29 +107,13 @@ def lww_hash(
     The value takes part, so two entries with equal stamps and different values (two
     processes sharing a node id) hash differently and anti-entropy repairs them.
     """
-    x = (
-        _crc32(key.encode()) * 0x9E3779B97F4A7C15
-        + time * 0xBF58476D1CE4E5B9
-        + counter * 0x94D049BB133111EB
-        + _crc32(origin.encode()) * 0xD6E8FEB86659FD93
-        + (0 if value is None else _crc32(value) + 1) * 0xA0761D6478BD642F
-        + flags
-    ) & _M64
-    return _mix(x)
+    return entry_hash(_crc32(key.encode()), time, counter, origin, flags, value)
 
 
 def merged_hash(key: str, epoch: tuple[int, int, str], tombstone: bool, state: bytes) -> int:
     """The state hash of a merger entry: equal states hash equal, whatever stamps brought them."""
     t, c, o = epoch
-    x = (
-        _crc32(key.encode()) * 0x9E3779B97F4A7C15
-        + t * 0xBF58476D1CE4E5B9
-        + c * 0x94D049BB133111EB
-        + _crc32(o.encode()) * 0xD6E8FEB86659FD93
-        + (_crc32(state) + 1) * 0xA0761D6478BD642F
-        + (2 if tombstone else 1)
-    ) & _M64
-    return _mix(x)
+    return entry_hash(_crc32(key.encode()), t, c, o, 2 if tombstone else 1, state)
 
 
 class DigestTree:
@@ -126,22 +132,23 @@ class DigestTree:
         # level -> (hashes, counts) folded from level 3; emptied by every change.
         self._folded: dict[int, tuple[list[int], list[int]]] = {}
 
-    def add(self, key: str, h: int) -> None:
-        """A new key with state hash ``h``."""
-        leaf = _crc32(key.encode()) >> _SHIFT
+    def add(self, key: str, h: int, kc: int | None = None) -> None:
+        """A new key with state hash ``h`` (``kc``: its position, if known)."""
+        leaf = (kc if kc is not None else _crc32(key.encode())) >> _SHIFT
         self._hashes[leaf] ^= h
         self._counts[leaf] += 1
         if self._folded:
             self._folded.clear()
-        keys = self._keys.get(leaf)
+        index = self._keys
+        keys = index.get(leaf)
         if keys is None:
-            self._keys[leaf] = [key]
+            index[leaf] = [key]
         else:
             keys.append(key)
 
-    def change(self, key: str, old: int, new: int) -> None:
+    def change(self, key: str, old: int, new: int, kc: int | None = None) -> None:
         """An existing key's state hash changed from ``old`` to ``new``."""
-        self._hashes[_crc32(key.encode()) >> _SHIFT] ^= old ^ new
+        self._hashes[(kc if kc is not None else _crc32(key.encode())) >> _SHIFT] ^= old ^ new
         if self._folded:
             self._folded.clear()
 

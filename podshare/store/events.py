@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from podshare._counters import StatsRecord
 
@@ -32,9 +32,8 @@ class EventKind(enum.Enum):
     NODE_DOWN = "node_down"
 
 
-@dataclass(frozen=True, slots=True)
-class Event(Generic[T]):
-    """One change seen by this replica, local or remote.
+class Event(NamedTuple, Generic[T]):
+    """One change seen by this replica, local or remote (an immutable named tuple).
 
     Attributes:
         kind: what happened.

@@ -25,6 +25,7 @@ into its :class:`~podshare.store.events.Stats` record.
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +34,7 @@ from podshare.crdt.merger import Merger
 from podshare.exceptions import DecodeError, InvalidValue, PodshareError
 from podshare.store import wire
 from podshare.store.codec import ValueCodec
-from podshare.store.digest import DigestTree, lww_hash, merged_hash
+from podshare.store.digest import DigestTree, entry_hash, lww_hash, merged_hash
 from podshare.store.events import Event, EventKind, Stats
 from podshare.store.horizon import Horizon
 from podshare.store.wire import EPHEMERAL, EXPIRING, MERGED, TOMBSTONE, KeySummary, WireEntry
@@ -45,6 +46,7 @@ T = TypeVar("T")
 #: The first epoch of every merger key (before any delete).
 ZERO_EPOCH = Stamp(0, 0, "")
 
+_crc32 = zlib.crc32
 _SET = EventKind.SET
 _DELETE = EventKind.DELETE
 _EXPIRED = EventKind.EXPIRED
@@ -267,13 +269,13 @@ class MapState(Generic[T]):
             if keys is not None:
                 keys.discard(key)
         if type(new) is WireEntry:
-            h = lww_hash(key, new.time, new.counter, new.origin, new.flags, new.value)
+            kc = _crc32(key.encode())
+            h = entry_hash(kc, new.time, new.counter, new.origin, new.flags, new.value)
             if old is None:
-                self.tree.add(key, h)
+                self.tree.add(key, h, kc)
             else:
-                self.tree.change(
-                    key, lww_hash(key, old.time, old.counter, old.origin, old.flags, old.value), h
-                )
+                was = entry_hash(kc, old.time, old.counter, old.origin, old.flags, old.value)
+                self.tree.change(key, was, h, kc)
             flags = new.flags
             if flags & EPHEMERAL and not flags & TOMBSTONE:
                 # (EPHEMERAL entries always carry their owner's nonce; checked on receipt.)
@@ -392,6 +394,54 @@ class MapState(Generic[T]):
 
     # --- remote entries --------------------------------------------------------------
 
+    def apply_one(self, we: WireEntry, now: int) -> None:
+        """:meth:`apply` of a single broadcast entry (the common message), inlined."""
+        if self.merger is not None or we.flags or we.value is None:
+            self.apply((we,), now)
+            return
+        key = we.key
+        cur = self.entries.get(key)
+        stats = self.stats
+        if cur is None:
+            if self.horizon.holds(we.origin, we.time, now):
+                stats.writes_refused += 1
+                return
+        elif not _newer(we, cur):
+            stats.writes_stale += 1
+            return
+        try:
+            value = self.codec.decode(we.value)
+        except DecodeError as exc:
+            stats.decode_errors += 1
+            self.errors.append(DecodeError(f"value of key {key!r} skipped: {exc}"))
+            return
+        stats.writes_applied += 1
+        if cur is None or not cur.flags:
+            self._install_plain(key, we, cur, value)
+        else:
+            self._install(key, we, cur, value)
+        if self.emit:
+            self.events.append(
+                Event(_SET, key, value, we.origin, Stamp(we.time, we.counter, we.origin))
+            )
+
+    def _install_plain(self, key: str, new: WireEntry, old: WireEntry | None, value: Any) -> None:
+        """:meth:`_install` when neither entry has flags (a plain value over a plain value
+        or over nothing): no index but the digest to keep in step."""
+        self.entries[key] = new
+        self.values[key] = value
+        dirty = self.dirty
+        if dirty is not None and key not in dirty:
+            dirty[key] = self.now
+        kc = _crc32(key.encode())
+        h = entry_hash(kc, new.time, new.counter, new.origin, 0, new.value)
+        if old is None:
+            self.tree.add(key, h, kc)
+        else:
+            self.tree.change(
+                key, entry_hash(kc, old.time, old.counter, old.origin, 0, old.value), h, kc
+            )
+
     def apply(
         self, batch: Sequence[WireEntry], now: int, drops: list[WireEntry] | None = None
     ) -> None:
@@ -419,6 +469,7 @@ class MapState(Generic[T]):
         decode = self.codec.decode
         holds = self.horizon.holds
         tree_add = self.tree.add
+        crc32 = _crc32
         emit = self.emit
         dirty = self.dirty
         events = self.events
@@ -456,7 +507,8 @@ class MapState(Generic[T]):
                 # The hydration fast path: nothing to unlink, nothing to index.
                 entries[key] = we
                 values[key] = value
-                tree_add(key, lww_hash(key, we.time, we.counter, we.origin, 0, we.value))
+                kc = crc32(key.encode())
+                tree_add(key, entry_hash(kc, we.time, we.counter, we.origin, 0, we.value), kc)
                 if dirty is not None and key not in dirty:
                     dirty[key] = now
             else:
