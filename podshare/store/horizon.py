@@ -47,7 +47,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-__all__ = ["Horizon"]
+__all__ = ["SEED_TIME", "Horizon"]
+
+#: The stamp time of seeded entries (``Store.seed``): older than any write.
+SEED_TIME = 1
 
 
 class Horizon:
@@ -59,12 +62,15 @@ class Horizon:
         hard_cap_ms: writers whose knowledge has not grown for this long are forgotten.
     """
 
-    __slots__ = ("_grew", "_hard_cap", "node_id", "seen", "started_at")
+    __slots__ = ("_grew", "_hard_cap", "node_id", "seen", "shared_id", "started_at")
 
     def __init__(self, node_id: str, *, started_at: int = 0, hard_cap_ms: int) -> None:
         self.node_id = node_id
         self.started_at = started_at
         self._hard_cap = hard_cap_ms
+        #: Another live process uses this node id: its writes carry this node's origin,
+        #: so "my own writes are all here" no longer holds (nor is it claimed to peers).
+        self.shared_id = False
         #: origin -> ms: every write of ``origin`` stamped at or before is held here.
         self.seen: dict[str, int] = {}
         # origin -> the local time its entry last grew (for forgetting writers).
@@ -75,8 +81,14 @@ class Horizon:
         return now - self._hard_cap
 
     def holds(self, origin: str, time: int, now: int) -> bool:
-        """Whether every write ``origin`` stamped at or before ``time`` is held here."""
-        if origin == self.node_id and time >= self.started_at:
+        """Whether every write ``origin`` stamped at or before ``time`` is held here.
+
+        Entries stamped at or before :data:`SEED_TIME` are seeds (``Store.seed``): initial
+        values older than any write, never taken for a compacted delete.
+        """
+        if time <= SEED_TIME:
+            return False
+        if origin == self.node_id and time >= self.started_at and not self.shared_id:
             return True  # this incarnation's own writes are applied when made
         seen = self.seen.get(origin)
         return time <= (seen if seen is not None else now - self._hard_cap)
@@ -97,7 +109,8 @@ class Horizon:
     def vector(self, clock: int) -> list[tuple[str, int]]:
         """This replica's vector to send with a sync answer (its own entry is ``clock``)."""
         out = [(o, t) for o, t in self.seen.items() if o != self.node_id]
-        out.append((self.node_id, clock))
+        if not self.shared_id:
+            out.append((self.node_id, clock))
         return out
 
     def frontier(self, now: int, excluded: Callable[[str], bool]) -> int:

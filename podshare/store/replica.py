@@ -66,7 +66,7 @@ from podshare.persistence.base import (
 from podshare.store import wire
 from podshare.store.codec import ValueCodec
 from podshare.store.events import Event, EventKind, Stats
-from podshare.store.horizon import Horizon
+from podshare.store.horizon import SEED_TIME, Horizon
 from podshare.store.membership import MemberEvent
 from podshare.store.packing import ENVELOPE_SLACK, split
 from podshare.store.state import MapState
@@ -78,8 +78,6 @@ __all__ = ["SEED_TIME", "Outgoing", "Replica", "ReplicaOptions"]
 
 T = TypeVar("T")
 
-#: The stamp time of entries loaded with :meth:`Replica.seed`: older than any write.
-SEED_TIME: Final = 1
 # Synced peers answer a hello with this many answers on average, fleet-wide.
 _HELLO_ANSWERS: Final = 3
 # The longest pause between two hellos of a replica that is still not synced.
@@ -635,6 +633,10 @@ class Replica(Generic[T]):
         if msg is None:
             return  # this node's own broadcast, echoed by the transport
         sender = msg.sender
+        if sender == self.node_id:
+            # Another live process with this node id (the echo filter saw another nonce):
+            # its writes carry this node's origin, so none may be taken as "mine".
+            self.horizon.shared_id = True
         peer = self._peers.get(sender)
         if peer is None or not peer.up or peer.nonce != msg.nonce:
             peer = self._heard(sender, msg.nonce, now)
@@ -786,6 +788,7 @@ class Replica(Generic[T]):
                 self._schedule_recontact(now)
         elif event.kind == "duplicate":
             self.stats.duplicate_node_ids += 1
+            self.horizon.shared_id = True
 
     def _schedule_recontact(self, now: int) -> None:
         """A peer came back (a partition healed): one sync soon, however many came back."""
@@ -829,6 +832,26 @@ class Replica(Generic[T]):
             self._become_synced(now)
         elif others is None and final:
             self._become_synced(now)  # no evidence either way: the hello window decides
+
+    def break_the_tie(self, now: int) -> bool:
+        """No synced replica answered for long: start the cluster's history if this
+        replica has the lowest node id among the unsynced replicas it knows of (the
+        others then hydrate from it). Returns whether it became synced.
+
+        For the driver, well after ``hydrate_timeout``: a peer that subscribes but never
+        answers (a wrong secret, a wedged process) must not keep a whole cold-started
+        fleet unsynced forever.
+        """
+        self.state.now = now
+        if self._synced or not self._hydrating or self.sync.requesting():
+            return False
+        if any(p.up and p.synced for p in self._peers.values()):
+            return False
+        rivals = [n for n, p in self._peers.items() if p.up]
+        if any(n < self.node_id for n in rivals):
+            return False
+        self._become_synced(now)
+        return True
 
     def _become_synced(self, now: int) -> None:
         self._synced = True

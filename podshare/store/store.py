@@ -669,7 +669,17 @@ class Store(Service, Generic[T]):
         replica = self._require_replica()
         delay = self._options.hello_window_ms / 1000
         ready = False
+        tie_at = anyio.current_time() + 2 * max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT)
         while not replica.synced:
+            if anyio.current_time() >= tie_at and replica.break_the_tie(_now_ms()):
+                self._log.warning(
+                    "store %r: no synced replica answered for %.1f s; this one has the "
+                    "lowest node id of those it knows and starts the cluster's state",
+                    self._name,
+                    2 * self._hydrate_timeout,
+                )
+                self._after()
+                break
             if not ready:
                 with anyio.move_on_after(delay):
                     await self._wait_transport_ready()
