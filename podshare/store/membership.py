@@ -113,11 +113,14 @@ class MemberEvent:
             ``"duplicate"`` (``node`` is this node's id, used by another live process).
         node: the node id.
         nonce: the incarnation.
+        returned: for ``"up"``: the incarnation had been counted down (a partition
+            healed), so what it holds may differ from what this side holds.
     """
 
     kind: str
     node: str
     nonce: int
+    returned: bool = False
 
 
 class _Member:
@@ -368,7 +371,7 @@ class Membership:
                 return m
             m.state = _ALIVE
             self._ring = None
-            self._events.append(MemberEvent("up", node, nonce))
+            self._events.append(MemberEvent("up", node, nonce, returned=True))
         elif m.state == _SUSPECT and version > m.version:
             m.state = _ALIVE
         m.version = max(m.version, version)

@@ -79,13 +79,16 @@ __all__ = ["SEED_TIME", "Outgoing", "Replica", "ReplicaOptions"]
 T = TypeVar("T")
 
 # Synced peers answer a hello with this many answers on average, fleet-wide.
-_HELLO_ANSWERS: Final = 3
+_HELLO_ANSWERS: Final = 4
 # The longest pause between two hellos of a replica that is still not synced.
 _HELLO_BACKOFF_MAX: Final = 5_000
 # A skewed sender is reported at most this often (ms).
 _SKEW_REPORT_EVERY: Final = 60_000
 # Most store peers remembered (a bound no peer can push past).
 _MAX_PEERS: Final = 4096
+_COLLECT_MS: Final = 50  # a joiner waits at most this long for more hello answers
+_TRANSFER_MEMORY_MS: Final = 60_000  # full transfers served this recently count as load
+_MAX_RETURNED: Final = 64  # peers remembered as "came back" between two recontact syncs
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +282,9 @@ class Replica(Generic[T]):
         self._evidence_ready = False
         self._evidence_others: int | None = None
         self._recontact_at: int | None = None
+        self._collect_at: int | None = None
+        self._returned: set[str] = set()
+        self._recontacting: str | None = None
         self._next_compaction = now + options.compaction_interval_ms
         self._skew_reported: dict[str, int] = {}
         self._left = False
@@ -428,6 +434,9 @@ class Replica(Generic[T]):
         recontact = self._recontact_at
         if recontact is not None and recontact < due:
             due = recontact
+        collect = self._collect_at
+        if collect is not None and collect < due:
+            due = collect
         expiry = self.state.next_expiry()
         if expiry is not None and expiry < due:
             due = expiry
@@ -755,7 +764,7 @@ class Replica(Generic[T]):
                 return None
             peer.up = True
             self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
-            self._schedule_recontact(now)
+            self._schedule_recontact(sender, now)
         return peer
 
     def _prune_peers(self) -> bool:
@@ -785,15 +794,56 @@ class Replica(Generic[T]):
             if peer is not None and not peer.up and peer.nonce == event.nonce:
                 peer.up = True
                 self._events.append(Event(EventKind.NODE_UP, event.node, None, event.node, None))
-                self._schedule_recontact(now)
+                self._schedule_recontact(event.node, now)
+            elif peer is None and event.returned:
+                # A process back from the other side of a partition, never heard on this
+                # store's topic (nothing was written there before): it may hold the store.
+                self._schedule_recontact(event.node, now)
         elif event.kind == "duplicate":
             self.stats.duplicate_node_ids += 1
             self.horizon.shared_id = True
 
-    def _schedule_recontact(self, now: int) -> None:
-        """A peer came back (a partition healed): one sync soon, however many came back."""
-        if self._synced and self._recontact_at is None:
+    def _schedule_recontact(self, peer: str, now: int) -> None:
+        """A peer came back (a partition healed): one sync soon, however many came back,
+        with one of those that came back (the peers on this side hold nothing new)."""
+        if not self._synced:
+            return
+        if len(self._returned) < _MAX_RETURNED:
+            self._returned.add(peer)
+        if self._recontact_at is None:
+            # Jittered, so that a peer every replica sees come back at once is not asked
+            # by all of them in the same instant.
+            window = self.options.hello_window_ms
+            self._recontact_at = now + window + self._rng.randrange(2 * window)
+
+    def _recontact(self, now: int) -> None:
+        """Sync with one peer that came back; until one such exchange succeeds, try again
+        every hello window (the others may not count this replica as up yet, and refuse)."""
+        self._recontact_at = None
+        if self.sync.requesting():
             self._recontact_at = now + self.options.hello_window_ms
+            return
+        retry_after = self.options.sync_timeout_ms
+        returned = []
+        unknown = []
+        live = set(self._live_nodes()) if self._live_nodes is not None else set()
+        for node in sorted(self._returned):
+            p = self._peers.get(node)
+            if p is None:
+                if node in live:
+                    unknown.append(node)  # not known to hold the store: asked last
+                else:
+                    self._returned.discard(node)
+            elif not p.up:
+                self._returned.discard(node)
+            elif p.failed_at < 0 or now - p.failed_at >= retry_after:
+                returned.append(node)
+        if not self._returned:
+            return
+        if not returned and not unknown:
+            self._recontact_at = now + self.options.hello_window_ms
+            return
+        self._recontacting = self.request_sync(now, peer=self._rng.choice(returned or unknown))
 
     # --- hydration and syncs ---------------------------------------------------------
 
@@ -867,8 +917,13 @@ class Replica(Generic[T]):
         if not msg.ask:
             return
         if self._synced:
+            # About _HELLO_ANSWERS synced replicas answer, fewer of those already serving:
+            # the fleet's size is the larger of the store's peers and the live processes
+            # (a replica that was written to by few peers knows few of them).
             live = sum(1 for p in self._peers.values() if p.up)
-            if self._rng.random() * max(1, live) >= _HELLO_ANSWERS:
+            if self._live_nodes is not None:
+                live = max(live, len(set(self._live_nodes())) - 1)
+            if self._rng.random() * max(1, live) * (1 + len(self.sync.serving)) >= _HELLO_ANSWERS:
                 return  # enough others answer, on average
         elif any(p.up and p.synced for p in self._peers.values()):
             return  # a synced peer will answer; an unsynced answer is no evidence then
@@ -878,9 +933,17 @@ class Replica(Generic[T]):
             now,
             self._synced,
             len(self.state.entries),
-            len(self.sync.serving),
+            self._recent_transfers(now),
         )
         self._send_to(msg.sender, wire.encode(ack))
+
+    def _recent_transfers(self, now: int) -> int:
+        """Exchanges served now plus full transfers served lately: a joiner asks the
+        least loaded of the replicas that answered its hello."""
+        recent = self.sync.full_served
+        while recent and now - recent[0] > _TRANSFER_MEMORY_MS:
+            recent.popleft()
+        return len(self.sync.serving) + len(recent)
 
     def _on_hello_ack(self, msg: wire.HelloAck, peer: _Peer, now: int) -> None:
         peer.synced = msg.synced
@@ -889,13 +952,19 @@ class Replica(Generic[T]):
             return
         if msg.synced:
             self._candidates.add(msg.sender)
-            if not self.sync.requesting():
+            if self.sync.requesting():
+                pass
+            elif len(self._candidates) >= _HELLO_ANSWERS:
                 self._hydrate_from_best(now)
+            elif self._collect_at is None:
+                # Wait a moment for the other answers, to ask the least loaded.
+                self._collect_at = now + min(_COLLECT_MS, self.options.hello_window_ms // 4)
         else:
             self._unsynced_answers.add(msg.sender)
             self._weigh_evidence(now, final=False)
 
     def _hydrate_from_best(self, now: int) -> None:
+        self._collect_at = None
         candidates = [n for n in self._candidates if self._peers.get(n) is not None]
         if not candidates:
             return
@@ -948,6 +1017,15 @@ class Replica(Generic[T]):
     def _on_finished(self, notice: SyncFinished) -> None:
         peer = self._peers.get(notice.peer)
         now = self.state.now
+        if notice.peer == self._recontacting:
+            self._recontacting = None
+            if notice.ok:
+                self._returned.clear()
+            else:
+                if peer is None:
+                    self._returned.discard(notice.peer)  # it does not hold this store
+                if self._returned:
+                    self._recontact_at = now + self.options.hello_window_ms
         if notice.ok:
             self.stats.refreshes += 1
             if peer is not None:
@@ -1056,9 +1134,12 @@ class Replica(Generic[T]):
                 if self._hydrating:
                     self._hello_backoff = min(2 * self._hello_backoff, _HELLO_BACKOFF_MAX)
                     self._send_hello(now)
+        if self._collect_at is not None and now >= self._collect_at:
+            self._collect_at = None
+            if self._hydrating and not self.sync.requesting():
+                self._hydrate_from_best(now)
         if self._recontact_at is not None and now >= self._recontact_at:
-            self._recontact_at = None
-            self.request_sync(now)
+            self._recontact(now)
         if now >= self._next_compaction:
             self._next_compaction = now + self.options.compaction_interval_ms
             self.compact(now)

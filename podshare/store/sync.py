@@ -33,6 +33,7 @@ started ends with exactly one :class:`SyncFinished` notice.
 
 from __future__ import annotations
 
+import collections
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -280,6 +281,10 @@ class SyncEngine:
         self._rng = rng
         self.exchanges: dict[int, _Exchange] = {}
         self.serving: dict[tuple[str, int], _Serving] = {}
+        #: When each recent full transfer started (pruned by the replica).
+        self.full_served: collections.deque[int] = collections.deque()
+        #: Full transfers served since the start.
+        self.full_transfers = 0
         #: SyncFinished notices not yet taken by the replica.
         self.finished: list[SyncFinished] = []
         #: Sync bytes sent (for stats).
@@ -586,6 +591,9 @@ class SyncEngine:
         vector = self._vector() if first else None
         if msg.level == 0:
             s.full = True
+            if first:
+                self.full_served.append(now)
+                self.full_transfers += 1
             self._reply(peer, s.id, SYNC_OK, 0, [], [], vector)
             s.keys.done_producing = True
             s.keys.last_sent = True  # no summaries in a full transfer

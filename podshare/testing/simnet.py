@@ -173,6 +173,7 @@ class SimNetwork:
             now=now,
             liveness=membership.alive,
             down_since=membership.down_since,
+            live_nodes=membership.live_nodes,
             rng=random.Random(self.rng.getrandbits(32)),
         )
         node = SimNode(node_id, replica, membership, clock_offset_ms)
