@@ -1,31 +1,81 @@
-"""Export every store's ``stats()`` to Prometheus (extra ``prometheus``).
+"""Export podshare's ``stats()`` to Prometheus (extra ``prometheus``).
+
+One collector reads every component you add to it at each scrape:
+
+```python
+from podshare.contrib.prometheus import PodshareCollector
+
+collector = PodshareCollector(const_labels={"service": "checkout"})
+async with RedisTransport(url) as tr, Store("flags", tr) as store, Endpoint(tr) as ep:
+    collector.add(tr)
+    collector.add(store)
+    collector.add(ep)
+```
+
+It accepts stores ([`Store`][podshare.Store] and `podshare.sync`'s `SyncStore`),
+transports (`MemoryTransport`, `TcpTransport`, `RedisTransport`, and `Authenticated`,
+which exports its wrapped transport too), callreply endpoints (`Endpoint`,
+`SyncEndpoint`), `DNSDiscoverer` and the Yjs `RoomBridge`. `add()` raises `TypeError`
+for anything else, so a scrape never meets an object it cannot read.
+[`StoreCollector`][podshare.contrib.prometheus.StoreCollector],
+[`TransportCollector`][podshare.contrib.prometheus.TransportCollector] and
+[`EndpointCollector`][podshare.contrib.prometheus.EndpointCollector] are the same
+collector restricted to one kind (their `add()` refuses the others).
+
+**Names** follow Prometheus conventions: `podshare_<group>_<name>`, the unit last
+(`podshare_store_sent_bytes_total`, `podshare_store_hydration_seconds`), counters
+ending in `_total` and gauges not. Groups: `store`, `transport`, `auth` (message
+authentication of a transport), `callreply`, `discovery` and `yjs`. Where the Go
+library has a metric of the same meaning, its name is used
+(`podshare_store_writes_rejected_total`, `podshare_store_tombstones_gced_total`);
+`docs/operations.md` has the full table and what has no equivalent.
+
+**Labels**: every sample carries the label naming its component (`store` = the store's
+name, `transport` = `memory`/`tcp`/`redis`, `endpoint` = the endpoint's namespace,
+`host` = the discoverer's DNS name, `room` = the Yjs room) and `node`: the component's
+node id, or for components without one (transports other than TCP, discoverers) the
+collector's `node_id=`, by default the process's node id. Node ids are
+`PODSHARE_NODE_ID`, else host name and process id: set `PODSHARE_NODE_ID` (to the pod
+name, say) and `node` stays the same across restarts. `const_labels` are added to every
+sample. `add(component, name=...)` replaces the component's own label value, to tell
+apart two components that would otherwise export the same series (two Redis
+transports in one process); `add()` refuses such a duplicate.
+
+**Lifetime**: components are held weakly. One that is garbage-collected or closed
+disappears from the next scrape (its series end, which `rate()` handles); the collector
+keeps no last values, so a closed component reports nothing.
+
+A `stats()` call that raises during a scrape is logged (logger `podshare.metrics`),
+counted in `podshare_<group>_scrape_errors_total`, and skipped: the rest of the scrape
+goes on. Scrapes read `stats()`, a cheap synchronous snapshot; nothing is recorded
+between scrapes, and reads (`store.get`) are not counted at all (see
+`docs/operations.md`).
 
 Example:
     >>> from prometheus_client import CollectorRegistry, generate_latest
-    >>> from podshare.contrib.prometheus import StoreCollector
     >>> registry = CollectorRegistry()
-    >>> collector = StoreCollector(registry=registry)
-    >>> # collector.add(store) once the store is open; it is read at every scrape.
-    >>> b"podshare_" in generate_latest(registry) or True
-    True
-
-Each :class:`~podshare.store.events.Stats` field becomes one metric family named
-``podshare_<field>`` (counters end in ``_total`` as Prometheus expects), labelled with
-``store`` (the store's name) and ``node`` (its node id). Gauges (``keys``,
-``tombstones``, ``watchers_active``, ``members``, ``hydration_seconds``) are exported
-as gauges. Scrapes read ``stats()``, which is a cheap, synchronous snapshot; nothing is
-recorded between scrapes.
+    >>> collector = PodshareCollector(registry=registry, const_labels={"env": "test"})
+    >>> collector.add(object())
+    Traceback (most recent call last):
+    ...
+    TypeError: PodshareCollector collects Store, SyncStore, MemoryTransport, ...; not object
 """
 
 from __future__ import annotations
 
-import dataclasses
-import weakref
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import ClassVar, Final
 
+from podshare.contrib._metrics import (
+    CATEGORIES,
+    COUNTER,
+    RESERVED_LABELS,
+    Components,
+    Family,
+    families,
+)
 from podshare.exceptions import ConfigurationError
-from podshare.store.events import Stats
 
 try:
     from prometheus_client.core import (
@@ -40,116 +90,153 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "podshare.contrib.prometheus needs prometheus_client: pip install 'podshare[prometheus]'"
     ) from exc
 
-__all__ = ["GAUGES", "StatsSource", "StoreCollector"]
+__all__ = ["EndpointCollector", "PodshareCollector", "StoreCollector", "TransportCollector"]
 
-#: Stats fields exported as gauges; every other field is a counter.
-GAUGES = frozenset({"watchers_active", "keys", "tombstones", "members", "hydration_seconds"})
-
-_HELP: dict[str, str] = {
-    "writes_local": "Writes made by this replica",
-    "writes_applied": "Remote writes that changed this replica",
-    "writes_stale": "Remote writes ignored as older than local state",
-    "events_dispatched": "Events delivered to watchers",
-    "watchers_active": "Watchers currently open",
-    "watchers_dropped": "Watchers ended because their buffer was full",
-    "keys": "Live keys",
-    "tombstones": "Deleted keys still remembered",
-    "tombstones_compacted": "Tombstones forgotten after tombstone_ttl",
-    "messages_sent": "Messages published",
-    "messages_received": "Messages received",
-    "bytes_sent": "Bytes published",
-    "bytes_received": "Bytes received",
-    "decode_errors": "Messages or values rejected as undecodable",
-    "clock_skew_reports": "Stamps further ahead than max_clock_skew",
-    "refreshes": "Completed refreshes (digest exchanges)",
-    "hydration_seconds": "Time the initial hydration took",
-    "peers_seen": "Distinct other nodes heard from",
-    "members": "Nodes currently alive, this one included",
-    "ephemeral_expired": "Ephemeral entries removed because their writer went down",
-}
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_ERROR_HELP: Final = "stats() calls that raised during a scrape (each is logged and skipped)"
 
 
-class StatsSource(Protocol):
-    """Anything with a ``name``, a ``node_id`` and a ``stats()`` returning ``Stats``."""
-
-    @property
-    def name(self) -> str:
-        """The store's name."""
-        ...
-
-    @property
-    def node_id(self) -> str:
-        """This replica's node id."""
-        ...
-
-    def stats(self) -> Stats:
-        """A snapshot of the counters."""
-        ...
-
-
-class StoreCollector(Collector):
-    """A Prometheus collector for any number of podshare stores.
-
-    Stores are held weakly: a store that is garbage-collected disappears from the
-    scrape. Use :meth:`add` after opening a store and :meth:`remove` (optional) after
-    closing it.
+class PodshareCollector(Collector):
+    """A Prometheus collector for any number of podshare components (see the module docs).
 
     Args:
-        stores: stores to export from the start.
-        registry: where to register; ``prometheus_client.REGISTRY`` by default, or
-            ``None`` to leave registration to the caller.
+        components: components to export from the start (as with :meth:`add`).
+        registry: where to register; `prometheus_client.REGISTRY` by default, or
+            `None` to leave registration to the caller.
         namespace: the metric-name prefix.
+        const_labels: labels added to every sample (`{"service": "checkout"}`); their
+            names may not be ones the collector uses itself (`store`, `transport`,
+            `endpoint`, `host`, `room`, `node`, `reason`).
+        node_id: the `node` label of components that have no node id of their own;
+            default: the process's node id when each is added.
+
+    Raises:
+        ConfigurationError: a bad namespace, constant label or node id.
     """
+
+    categories: ClassVar[frozenset[str]] = frozenset(CATEGORIES)
+    """The kinds of component this collector accepts."""
 
     def __init__(
         self,
-        stores: Iterable[StatsSource] = (),
+        components: Iterable[object] = (),
         *,
         registry: CollectorRegistry | None = REGISTRY,
         namespace: str = "podshare",
+        const_labels: Mapping[str, str] | None = None,
+        node_id: str | None = None,
     ) -> None:
-        if not namespace or not namespace.replace("_", "").isalnum():
+        if not isinstance(namespace, str) or not _NAME.match(namespace):
             raise ConfigurationError(
-                f"namespace must be a non-empty [A-Za-z0-9_] string, got {namespace!r}"
+                f"namespace must match [a-zA-Z_][a-zA-Z0-9_]*, got {namespace!r}"
             )
         self._namespace = namespace
-        self._stores: weakref.WeakSet[Any] = weakref.WeakSet()
-        for store in stores:
-            self.add(store)
+        self._const = _check_const_labels(const_labels)
+        self._components = Components(self.categories, type(self).__name__, node_id)
+        self._families = families(self.categories)
+        for component in components:
+            self.add(component)
         if registry is not None:
             registry.register(self)
 
-    def add(self, store: StatsSource) -> None:
-        """Export ``store`` from the next scrape on."""
-        self._stores.add(store)
+    def add(self, component: object, *, name: str | None = None) -> None:
+        """Export `component` from the next scrape on (held weakly; adding it again
+        only replaces its `name`).
 
-    def remove(self, store: StatsSource) -> None:
-        """Stop exporting ``store`` (no error if it was not added)."""
-        self._stores.discard(store)
+        Args:
+            component: a store, transport, endpoint, discoverer or room bridge (those
+                this collector's kind accepts).
+            name: the value of the component's own label (`store`, `transport`...)
+                instead of its name or kind.
+
+        Raises:
+            TypeError: this collector does not collect that kind of object.
+            ClosedError: `component` is already closed.
+            ConfigurationError: another component already exports the same labels.
+        """
+        self._components.add(component, name)
+
+    def remove(self, component: object) -> None:
+        """Stop exporting `component` (nothing happens if it was not added)."""
+        self._components.remove(component)
 
     def describe(self) -> list[Metric]:
-        """The metric families this collector produces (without samples)."""
-        return [family for _, family in self._families()]
+        """The metric families this collector can produce (without samples)."""
+        return [*(self._family(f) for f in self._families), *self._error_families().values()]
 
     def collect(self) -> Iterator[Metric]:
-        """Read every store's ``stats()`` and yield one family per field."""
-        families = dict(self._families())
-        for store in list(self._stores):
-            stats = store.stats()
-            labels = [store.name, store.node_id]
-            for field in dataclasses.fields(stats):
-                family = families[field.name]
-                value = float(getattr(stats, field.name))
-                family.add_metric(labels, value)
-        yield from families.values()
+        """Read every live component's `stats()` and yield the families with samples."""
+        const = tuple(self._const.values())
+        out: dict[Family, CounterMetricFamily | GaugeMetricFamily] = {}
+        for sample in self._components.read():
+            family = out.get(sample.family)
+            if family is None:
+                family = out[sample.family] = self._family(sample.family)
+            family.add_metric([*sample.labels, *const], sample.value)
+        yield from out.values()
+        errors = self._error_families()
+        for category, count in self._components.error_counts().items():
+            errors[category].add_metric(list(const), float(count))
+        yield from errors.values()
 
-    def _families(self) -> Iterator[tuple[str, CounterMetricFamily | GaugeMetricFamily]]:
-        for field in dataclasses.fields(Stats):
-            name = f"{self._namespace}_{field.name}"
-            doc = _HELP.get(field.name, field.name.replace("_", " "))
-            family: CounterMetricFamily | GaugeMetricFamily
-            if field.name in GAUGES:
-                family = GaugeMetricFamily(name, doc, labels=["store", "node"])
-            else:
-                family = CounterMetricFamily(name, doc, labels=["store", "node"])
-            yield field.name, family
+    def _family(self, family: Family) -> CounterMetricFamily | GaugeMetricFamily:
+        name = family.full_name(self._namespace)
+        labels = [*family.label_names, *self._const]
+        cls = CounterMetricFamily if family.type == COUNTER else GaugeMetricFamily
+        return cls(name, family.help, labels=labels, unit=family.unit)
+
+    def _error_families(self) -> dict[str, CounterMetricFamily]:
+        return {
+            category: CounterMetricFamily(
+                f"{self._namespace}_{CATEGORIES[category][0].name}_scrape_errors_total",
+                _ERROR_HELP,
+                labels=list(self._const),
+            )
+            for category in sorted(self.categories)
+        }
+
+
+class StoreCollector(PodshareCollector):
+    """A [`PodshareCollector`][podshare.contrib.prometheus.PodshareCollector] for stores
+    only (`Store`, `SyncStore`): `podshare_store_*`."""
+
+    categories = frozenset({"store"})
+
+
+class TransportCollector(PodshareCollector):
+    """A [`PodshareCollector`][podshare.contrib.prometheus.PodshareCollector] for
+    transports (`MemoryTransport`, `TcpTransport`, `RedisTransport`, `Authenticated`)
+    and `DNSDiscoverer`: `podshare_transport_*`, `podshare_auth_*`,
+    `podshare_discovery_*`."""
+
+    categories = frozenset({"transport", "discovery"})
+
+
+class EndpointCollector(PodshareCollector):
+    """A [`PodshareCollector`][podshare.contrib.prometheus.PodshareCollector] for callreply
+    endpoints only (`Endpoint`, `SyncEndpoint`): `podshare_callreply_*`."""
+
+    categories = frozenset({"endpoint"})
+
+
+def _check_const_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise ConfigurationError(f"const_labels must be a mapping, not {labels!r}")
+    checked: dict[str, str] = {}
+    for name, value in labels.items():
+        if not isinstance(name, str) or not _NAME.match(name) or name.startswith("__"):
+            raise ConfigurationError(
+                f"const_labels: {name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, "
+                "not starting with __)"
+            )
+        if name in RESERVED_LABELS:
+            raise ConfigurationError(
+                f"const_labels: {name!r} is a label the collector sets itself "
+                f"({', '.join(sorted(RESERVED_LABELS))})"
+            )
+        if not isinstance(value, str):
+            raise ConfigurationError(f"const_labels: the value of {name!r} must be a str")
+        checked[name] = value
+    return checked

@@ -243,6 +243,11 @@ class RoomBridge:
     # -- lifecycle ---------------------------------------------------------------------
 
     @property
+    def state(self) -> str:
+        """``"new"``, ``"opening"``, ``"open"``, ``"closing"`` or ``"closed"`` (as a store's)."""
+        return self._state
+
+    @property
     def synced(self) -> anyio.Event:
         """Set once this pod holds the room's state, or ``sync_timeout`` passed."""
         return self._synced
