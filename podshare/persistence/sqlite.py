@@ -55,6 +55,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self, TypeVar
 
+import anyio
 import anyio.to_thread
 
 from podshare.exceptions import ClosedError, ConfigurationError, PersistenceError
@@ -157,7 +158,8 @@ class SQLitePersistence:
 
     async def aclose(self) -> None:
         """Close the file (idempotent); later ``load``/``write`` raise ``ClosedError``."""
-        await anyio.to_thread.run_sync(self._close_in_thread)
+        with anyio.CancelScope(shield=True):  # closes even when the caller is cancelled
+            await anyio.to_thread.run_sync(self._close_in_thread)
 
     def _close_in_thread(self) -> None:
         with self._lock:

@@ -223,3 +223,14 @@ async def test_a_locked_file_fails_the_write_with_a_persistence_error(tmp_path: 
             # WAL: reads go on while another connection writes.
             assert dict((await place.load("s")).records) == {"k": b"1"}
         assert place.stats().write_errors == 1
+
+
+async def test_leaving_by_cancellation_still_closes_the_file(tmp_path: Path) -> None:
+    place = SQLitePersistence(tmp_path / "state.db")
+    with anyio.CancelScope() as scope:
+        async with place:
+            await place.write("s", {"k": b"v"}, None)
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+    with pytest.raises(ClosedError):
+        await place.load("s")
