@@ -9,6 +9,7 @@ Catch :class:`PodshareError` to catch them all. The tree::
     ├── NotSynced                 require_sync: no synced peer handed its state over in time
     ├── StoreNotEmpty             seed() on a store that already holds entries
     ├── DuplicateNodeId           another live process uses this node id (reported, not raised)
+    ├── PersistenceError          a persistence backend failed, or holds state that is not ours
     ├── TransportError            the wire failed: not connected, publish refused, ...
     │   └── MessageTooLarge       refused before it reached the wire
     ├── ProtocolError             bytes from the network that podshare will not accept
@@ -50,6 +51,7 @@ __all__ = [
     "NoRoute",
     "NotSynced",
     "OwnerUnavailable",
+    "PersistenceError",
     "PodshareError",
     "ProtocolError",
     "RemoteError",
@@ -90,6 +92,13 @@ class DuplicateNodeId(PodshareError):
     converging, but presence, routes and identity are ambiguous until every process has
     its own id (``PODSHARE_NODE_ID`` or ``node_id=``).
     """
+
+
+class PersistenceError(PodshareError):
+    """A persistence backend could not load or write (unreachable, refused, busy, full),
+    or its place holds state that podshare did not write (a foreign SQLite file, a newer
+    schema). The message names the backend, the place and the cause; a failed write
+    changed nothing."""
 
 
 class TransportError(PodshareError):

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.abc import TaskStatus
@@ -81,6 +81,9 @@ from podshare.exceptions import (
 )
 from podshare.transport.auth import OVERHEAD, Authenticator, AuthStats, Opener, RefusalLog, Secret
 from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
+
+if TYPE_CHECKING:
+    from podshare.persistence.redis import RedisPersistence
 
 __all__ = ["RedisRemote", "RedisStats", "RedisTransport"]
 
@@ -534,6 +537,7 @@ class RedisTransport(Service):
             connection_class = options.pop("connection_class", Connection)
             connection_kwargs = options
 
+        self._channel_prefix = channel_prefix
         self._prefix = _prefix(channel_prefix, db)
         # The pub/sub connection: raw RESP2 (push messages arrive as plain replies), bytes,
         # no read timeout (it idles between messages; our PING covers liveness) and no
@@ -812,6 +816,31 @@ class RedisTransport(Service):
             return None
         total = sum(int(n) for channel, n in counts if channel in (name, name.decode()))
         return max(0, total - own)
+
+    def default_persistence(self) -> RedisPersistence:
+        """A [`RedisPersistence`][podshare.persistence.RedisPersistence] on this transport.
+
+        It uses the transport's own client, so the same server, TLS settings, ACL user,
+        database and Sentinel failover, and keeps each store's state under the store's
+        channel prefix (``channel_for("ps/{name}") + ":state"``). It works while the
+        transport is open; closing it leaves the transport alone. A store on this
+        transport uses it when given ``persistence=None``.
+
+        Raises:
+            ConfigurationError: the transport was given a ``client`` with
+                ``decode_responses=True`` (records are bytes): pass a persistence
+                explicitly, or ``persistence=False``.
+
+        Example:
+            >>> tr = RedisTransport("redis://localhost:6379/3", channel_prefix="app")
+            >>> tr.default_persistence().state_key("config")
+            'app:3:ps/config:state'
+        """
+        from podshare.persistence.redis import RedisPersistence
+
+        return RedisPersistence(
+            client=self._client, channel_prefix=self._channel_prefix, timeout=self._timeout
+        )
 
     def stats(self) -> RedisStats:
         """A frozen snapshot of the connection state and counters."""
