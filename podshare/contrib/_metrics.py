@@ -210,6 +210,24 @@ _STORE: dict[str, Field] = {
         "duplicate_node_ids_total",
         "Times another live process was seen using this replica's node id",
     ),
+    "persist_writes": _counter(
+        STORE, "persist_writes_total", "Writes to the persistence backend that succeeded"
+    ),
+    "persist_records": _counter(
+        STORE, "persist_records_total", "Records (keys) written to the persistence backend"
+    ),
+    "persist_bytes": _counter(
+        STORE, "persist_written_bytes_total", "Bytes of records written to the persistence backend"
+    ),
+    "persist_errors": _counter(
+        STORE, "persist_errors_total", "Persistence writes or loads that failed (retried)"
+    ),
+    "persist_loaded": _counter(
+        STORE, "persist_loaded_total", "Entries loaded from the persistence backend at open"
+    ),
+    "persist_corrupt": _counter(
+        STORE, "persist_corrupt_total", "Persisted records that could not be decoded (skipped)"
+    ),
 }
 
 # --- transports: one family per meaning, whichever transport counts it -----------------
