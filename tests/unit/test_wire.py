@@ -421,7 +421,7 @@ def _like(obj: Any) -> st.SearchStrategy[Any]:
     if isinstance(obj, bool):
         return st.booleans()
     if isinstance(obj, int):
-        return st.integers(0, 16) | st.integers(-1, 2**64 - 1) | st.just(obj + 1)
+        return st.integers(0, 16) | st.integers(-1, 2**64 - 1) | st.just(min(obj + 1, 2**64 - 1))
     if isinstance(obj, str):
         return st.text(max_size=10) | st.just("x" * 257)
     if isinstance(obj, bytes):
