@@ -132,8 +132,8 @@ def test_tag_is_version_and_kind() -> None:
 
 @pytest.mark.parametrize(
     ("entry", "length"),
-    [(TOMB, 5), (PLAIN, 6), (MERGE, 9), (MERGE_TOMB, 9), (EXP, 11), (EXP_TOMB, 11)],
-    ids=["tombstone", "plain", "merged", "merged-tombstone", "expiring", "expired"],
+    [(TOMB, 5), (PLAIN, 6), (MERGE, 9), (MERGE_TOMB, 9), (EPH, 10), (EXP, 11), (EXP_TOMB, 11)],
+    ids=["tombstone", "plain", "merged", "merged-tombstone", "ephemeral", "expiring", "expired"],
 )
 def test_trailing_nil_fields_are_left_out(entry: WireEntry, length: int) -> None:
     packed = entry_list(entry)
