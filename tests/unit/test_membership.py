@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -88,6 +89,7 @@ class Fleet:
         for _ in range(10_000):
             moved = False
             for node in list(self.nodes):
+                assert node.core.live_count() == recounted(node.core)
                 node.events.extend(node.core.events_received())
                 node.errors.extend(node.core.errors_received())
                 for to, data in node.core.data_to_send():
@@ -420,6 +422,74 @@ def join(core: Membership, n: int, *, interval_ms: int = 1_000) -> None:
         core.receive(wire.encode(alive), T0)
     core.data_to_send()
     core.events_received()
+
+
+class CountingDict(dict[Any, Any]):
+    """A dict that counts every walk over it."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        CountingDict.walks += 1
+        return super().__iter__()
+
+    def values(self) -> Any:
+        CountingDict.walks += 1
+        return super().values()
+
+    def items(self) -> Any:
+        CountingDict.walks += 1
+        return super().items()
+
+    def keys(self) -> Any:
+        CountingDict.walks += 1
+        return super().keys()
+
+
+def spy_on(core: Membership) -> None:
+    core._members = CountingDict(core._members)
+    CountingDict.walks = 0
+
+
+def test_a_message_costs_the_same_whatever_the_table_size() -> None:
+    core = Membership("me", 1, token=bytes(16), options=OPTS, now=T0, max_message_size=1 << 20)
+    join(core, 1_000)
+    core.tick(T0)  # the ring is built once per change of membership, by a tick
+    core.data_to_send()
+    spy_on(core)
+    messages: list[wire.Message] = [
+        wire.Ping("n5", 5, 1, "me"),
+        wire.Ack("n6", 6, 1, 0, T0, commitment_of(bytes(16))),
+        wire.Alive("n7", 7, 0, T0, commitment_of(bytes(16)), T0 + 1, False, 1_000),
+        wire.Alive("n8", 8, 0, T0, commitment_of(bytes(16)), T0 + 1, True, 1_000),  # a gap
+        wire.Suspect("n9", 9, "n10", 10, 0),
+        wire.Suspect("n9", 9, "me", 1, 0),  # refuted
+        wire.Bye("n11", 11, bytes(15) + b"x"),  # forged
+        wire.Bye("n12", 12, bytes(16)),
+    ]
+    for msg in messages:
+        core.receive(wire.encode(msg), T0 + 2)
+        assert CountingDict.walks == 0, type(msg).__name__
+    assert core.alive("n12", 12) is False
+    assert core.alive("n10", 10) is True
+
+
+def test_a_tick_walks_the_table_a_bounded_number_of_times() -> None:
+    core = Membership("me", 1, token=bytes(16), options=OPTS, now=T0, max_message_size=1 << 20)
+    join(core, 1_000)
+    for i in range(0, 1_000, 2):  # half of them said goodbye
+        core.receive(wire.encode(wire.Bye(f"n{i}", i, bytes(16))), T0)
+    core.tick(T0)
+    spy_on(core)
+    core.tick(T0 + OPTS.heartbeat_interval_ms)
+    # A pass to check timeouts and one to rebuild the ring: not one per down member.
+    assert CountingDict.walks <= 3
+    assert core.live_count() == 501 == recounted(core)
+
+
+def recounted(core: Membership) -> int:
+    """``live_count()`` computed the slow way."""
+    return 1 + sum(1 for m in core._members.values() if m.confirmed and m.state != 2)
 
 
 @pytest.mark.parametrize("monitors", [1, 3])
