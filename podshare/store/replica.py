@@ -632,7 +632,7 @@ class Replica(Generic[T]):
         if type(msg) is wire.Writes:
             self._on_writes(msg, now)
         elif isinstance(msg, wire.SyncData):
-            self.sync.on_data(msg, now)
+            self.sync.on_data(self._bound_stamps(msg, now) if msg.entries else msg, now)
         elif isinstance(msg, wire.SyncAck):
             self.sync.on_ack(msg, now)
         elif isinstance(msg, wire.SyncKeys):
@@ -670,6 +670,24 @@ class Replica(Generic[T]):
             top = max(e.time for e in entries)
         self._clock.observe(Stamp(top, 0, ""))
         self.state.apply(entries, now)
+
+    def _bound_stamps(self, msg: wire.SyncData, now: int) -> wire.SyncData:
+        """The clock rules of :meth:`_on_writes` for a part of an entry stream: entries too
+        far ahead are refused, and the clock observes the rest before they are applied (a
+        local write after hydration must order after what it replaces)."""
+        entries = msg.entries
+        top = max(e.time for e in entries)
+        if top > now + 2 * self.options.max_clock_skew_ms:
+            entries = self._refuse_future(entries, now)
+            msg = wire.SyncData(
+                msg.sender, msg.nonce, msg.sync_id, msg.stream, msg.part, msg.last, entries,
+                msg.vector,
+            )  # fmt: skip
+            if not entries:
+                return msg
+            top = max(e.time for e in entries)
+        self._clock.observe(Stamp(top, 0, ""))
+        return msg
 
     def _refuse_future(self, entries: Sequence[WireEntry], now: int) -> list[WireEntry]:
         """Drop entries stamped more than twice ``max_clock_skew`` ahead (reported)."""

@@ -1070,3 +1070,33 @@ def test_next_deadline_moves_forward_after_every_tick() -> None:
         r.tick(now)
         assert r.next_deadline() > now
     assert r.data_to_send() == []  # nothing to say to nobody
+
+
+def test_entries_arriving_by_sync_follow_the_clock_rules_too() -> None:
+    # A stamp at the top of the wire range, in a part of an entry stream nobody asked for
+    # (a late part is applied: it may carry valid state), must not freeze the key.
+    b = synced_alone(replica("b"))
+    top = wire.make_entry("k", Stamp(MAX_TIME, MAX_COUNTER, "x"), 0, b'"frozen"')
+    near = wire.make_entry("j", Stamp(T0 + SKEW // 2, 0, "x"), 0, b'"soon"')
+    b.receive(wire.encode(wire.SyncData("x", 9, 77, wire.STREAM_ANSWER, 0, True, [top, near])), T0)
+    assert b.values == {"j": "soon"}
+    assert b.snapshot_stats().stamps_refused == 1
+    b.local_set("k", "mine", T0)
+    assert b.values["k"] == "mine"
+
+
+def test_a_write_after_hydrating_from_a_peer_ahead_orders_after_what_it_replaces() -> None:
+    # The peer's clock is 30 s ahead (within max_clock_skew): the local clock observes the
+    # entries a sync brings, as it does a broadcast's, so the later write wins everywhere.
+    net = SimNetwork(seed=1, options=OPTS, liveness=LIVE)
+    net.add("a", clock_offset_ms=30_000)
+    net.settle()
+    net.set("a", "k", "from-a")
+    net.settle()
+    b = net.add("b")
+    net.settle()
+    assert b.values == {"k": "from-a"}
+    net.set("b", "k", "from-b")
+    net.settle()
+    net.sync_all()
+    assert net.states() == {"a": {"k": "from-b"}, "b": {"k": "from-b"}}
