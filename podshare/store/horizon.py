@@ -27,6 +27,10 @@ Two rules follow, and they are the whole of the horizon (``docs/concepts.md``):
    (a partition, a node that has not synced), tombstones newer than its ``seen`` stay;
    so a node returning from a partition meets the deletes it missed.
 
+Entries stamped at or before :data:`SEED_TIME` (loaded with ``Store.seed``: older than
+any write) are never refused: they only fill keys a replica lacks, and whatever it holds
+wins over them.
+
 Writers are forgotten ``hard_cap`` after their ``seen`` last grew; an unknown writer
 counts as seen up to ``now - hard_cap``, so entries older than the hard cap from a
 writer nobody remembers are refused, and tombstones never outlive the hard cap. Memory:
@@ -46,8 +50,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Final
 
-__all__ = ["Horizon"]
+__all__ = ["SEED_TIME", "Horizon"]
+
+#: The stamp time of seeded entries: older than any write, never taken for a deleted one.
+SEED_TIME: Final = 1
 
 
 class Horizon:
@@ -76,6 +84,8 @@ class Horizon:
 
     def holds(self, origin: str, time: int, now: int) -> bool:
         """Whether every write ``origin`` stamped at or before ``time`` is held here."""
+        if time <= SEED_TIME:
+            return False  # a seeded entry, not a write: it fills what is missing
         if origin == self.node_id and time >= self.started_at:
             return True  # this incarnation's own writes are applied when made
         seen = self.seen.get(origin)

@@ -58,7 +58,7 @@ from podshare.exceptions import (
 from podshare.store import wire
 from podshare.store.codec import ValueCodec
 from podshare.store.events import Event, EventKind, Stats
-from podshare.store.horizon import Horizon
+from podshare.store.horizon import SEED_TIME, Horizon
 from podshare.store.membership import MemberEvent
 from podshare.store.packing import ENVELOPE_SLACK, split
 from podshare.store.state import MapState
@@ -70,8 +70,6 @@ __all__ = ["SEED_TIME", "Outgoing", "Replica", "ReplicaOptions"]
 
 T = TypeVar("T")
 
-#: The stamp time of entries loaded with :meth:`Replica.seed`: older than any write.
-SEED_TIME: Final = 1
 # Synced peers answer a hello with this many answers on average, fleet-wide.
 _HELLO_ANSWERS: Final = 3
 # The longest pause between two hellos of a replica that is still not synced.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podshare.store.horizon import Horizon
+from podshare.store.horizon import SEED_TIME, Horizon
 
 CAP = 10_000  # hard cap (ms)
 START = 1_000  # this incarnation's start
@@ -107,19 +107,30 @@ def test_prune_forgets_writers_whose_knowledge_stopped_growing() -> None:
 
 
 @given(
-    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 20_000)), max_size=20),
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(SEED_TIME + 1, 20_000)), max_size=20),
     st.sampled_from("abc"),
-    st.integers(0, 20_000),
+    st.integers(SEED_TIME + 1, 20_000),
 )
 def test_holds_is_monotone_in_time(vector: list[tuple[str, int]], origin: str, time: int) -> None:
     h = horizon()
     now = 15_000
     h.merge(vector, now=now)
     if h.holds(origin, time, now):
-        assert all(h.holds(origin, t, now) for t in (0, time // 2, time))
+        assert all(h.holds(origin, t, now) for t in (SEED_TIME + 1, time // 2 + 1, time))
     else:
         assert not h.holds(origin, time + 1, now)
     # Knowledge only grows: merging anything keeps every held write held.
     held = [(o, t) for o, t in vector if h.holds(o, t, now)]
     h.merge([(origin, time)], now=now)
     assert all(h.holds(o, t, now) for o, t in held)
+
+
+def test_seeded_entries_are_never_held() -> None:
+    # Seeded entries (older than any write) fill what a replica lacks; never refused.
+    h = horizon()
+    now = 50_000
+    h.merge([("b", 40_000)], now=now)
+    assert h.holds("b", SEED_TIME + 1, now=now)
+    assert not h.holds("b", SEED_TIME, now=now)
+    assert not h.holds("stranger", 0, now=now)
+    assert not h.holds("me", SEED_TIME, now=now)

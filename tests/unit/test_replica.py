@@ -25,7 +25,7 @@ from podshare.store import wire
 from podshare.store.codec import value_codec
 from podshare.store.events import Event, EventKind, Stats
 from podshare.store.membership import LivenessOptions
-from podshare.store.replica import Outgoing, Replica, ReplicaOptions
+from podshare.store.replica import SEED_TIME, Outgoing, Replica, ReplicaOptions
 from podshare.store.sync import SyncFinished
 from podshare.testing import SimNetwork
 
@@ -1100,3 +1100,24 @@ def test_a_write_after_hydrating_from_a_peer_ahead_orders_after_what_it_replaces
     net.settle()
     net.sync_all()
     assert net.states() == {"a": {"k": "from-b"}, "b": {"k": "from-b"}}
+
+
+def test_seeded_entries_load_fill_what_peers_lack_and_lose_to_any_write() -> None:
+    empty = replica("d")
+    empty.seed({"k": 1, "j": 2}, T0)
+    assert empty.values == {"k": 1, "j": 2}  # loaded, silently
+    assert empty.entry_stamp("k") == Stamp(SEED_TIME, 0, "d")
+    assert (empty.events_received(), empty.data_to_send()) == ([], [])
+    # A seeded replica's entries fill what a peer lacks ...
+    net = SimNetwork(seed=2, options=OPTS, liveness=LIVE)
+    s = net.add("s", hydrate=False)
+    s.seed({"k": 1, "j": 2}, net.now)
+    s.hydrate(net.now)
+    net.settle()
+    other = net.add("o")
+    net.settle()
+    assert other.values == s.values == {"k": 1, "j": 2}
+    # ... and any write wins over them, even one stamped long ago.
+    old = wire.make_entry("k", Stamp(SEED_TIME + 1, 0, "z"), 0, b'"older than all"')
+    net.inject("s", wire.encode(wire.Writes("z", 3, net.now, [old])))
+    assert s.values["k"] == "older than all"
