@@ -153,7 +153,7 @@ class ReplicaOptions:
 class _Peer:
     """Another replica of this store."""
 
-    __slots__ = ("failed_at", "last_ok", "nonce", "synced", "transfers", "up")
+    __slots__ = ("down_at", "failed_at", "last_ok", "nonce", "synced", "transfers", "up")
 
     def __init__(self, nonce: int) -> None:
         self.nonce = nonce
@@ -162,6 +162,7 @@ class _Peer:
         self.transfers = 0
         self.last_ok = -1
         self.failed_at = -1
+        self.down_at = -1  # when it was last seen going down
 
 
 class Replica(Generic[T]):
@@ -755,6 +756,7 @@ class Replica(Generic[T]):
     def _peer_gone(self, node: str, peer: _Peer) -> None:
         if peer.up:
             peer.up = False
+            peer.down_at = self._now
             peer.synced = None
             self._events.append(Event(EventKind.NODE_DOWN, node, None, node, None))
         self.sync.abandon(node, "gone")
@@ -961,6 +963,12 @@ class Replica(Generic[T]):
 
         def excluded(origin: str) -> bool:
             since = down_since(origin)
+            if since is None:
+                # Liveness forgets down members after a while; this store remembers the
+                # peers it saw go down (and not come back) for as long as it knows them.
+                peer = self._peers.get(origin)
+                if peer is not None and not peer.up and peer.down_at >= 0:
+                    since = peer.down_at
             return since is not None and now - since > ttl
 
         frontier = self.horizon.frontier(now, excluded)

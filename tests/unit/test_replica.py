@@ -1121,3 +1121,28 @@ def test_seeded_entries_load_fill_what_peers_lack_and_lose_to_any_write() -> Non
     old = wire.make_entry("k", Stamp(SEED_TIME + 1, 0, "z"), 0, b'"older than all"')
     net.inject("s", wire.encode(wire.Writes("z", 3, net.now, [old])))
     assert s.values["k"] == "older than all"
+
+
+@pytest.mark.parametrize("who_asks", ["returner", "peer"])
+def test_a_partition_longer_than_the_ttl_neither_resurrects_nor_loses(who_asks: str) -> None:
+    net = cluster("a", "b")
+    for k in ("gone", "kept"):
+        net.set("a", k, 1)
+    net.settle()
+    net.partition({"a"}, {"b"})
+    net.delete("a", "gone")
+    net.set("b", "new-on-b", 2)  # acknowledged during the partition
+    net.advance(OPTS.tombstone_ttl_ms + 5_000, step_ms=1_000)
+    assert net.replica("a").tombstones() == {}  # compacted: b has been down for longer
+    assert "gone" in net.replica("b").values
+    net.heal()
+    net.advance(3 * LIVE.heartbeat_interval_ms, step_ms=50)
+    net.request_sync("b" if who_asks == "returner" else "a", "a" if who_asks == "returner" else "b")
+    net.run()
+    net.sync_all()
+    for node in ("a", "b"):
+        values = net.replica(node).values
+        assert "gone" not in values, node  # the delete holds
+        assert values["kept"] == 1
+        assert values["new-on-b"] == 2, node  # the write made while cut off survives
+    assert net.converged()
