@@ -9,7 +9,8 @@ replica holds every write ``origin`` stamped at or before it (or a state that su
 it). It grows only on evidence:
 
 - this node's own writes are applied when made: every write of this incarnation (stamped
-  since it started) is held, and its own entry in the vector it sends is its clock;
+  since it started) is held, and its own entry in the vector it sends is its clock
+  (unless another live process shares its node id: :meth:`Horizon.disown`);
 - after a completed sync with a peer, this replica holds everything the peer held when
   it answered, so it takes the peer's own clock for the peer and the larger of each
   entry of the peer's vector (the peer sends its whole vector with its answer).
@@ -67,7 +68,7 @@ class Horizon:
         hard_cap_ms: writers whose knowledge has not grown for this long are forgotten.
     """
 
-    __slots__ = ("_grew", "_hard_cap", "node_id", "seen", "started_at")
+    __slots__ = ("_grew", "_hard_cap", "_unique", "node_id", "seen", "started_at")
 
     def __init__(self, node_id: str, *, started_at: int = 0, hard_cap_ms: int) -> None:
         self.node_id = node_id
@@ -77,6 +78,18 @@ class Horizon:
         self.seen: dict[str, int] = {}
         # origin -> the local time its entry last grew (for forgetting writers).
         self._grew: dict[str, int] = {}
+        # Whether this incarnation is the only writer stamping with node_id.
+        self._unique = True
+
+    def disown(self) -> None:
+        """Another live process writes under this node id (a misconfiguration).
+
+        Stamps carry the node id, not the incarnation, so this node can no longer tell
+        its own writes from the other process's: it stops taking the writes stamped with
+        its id since it started as held (they would be refused, and the peers that sent
+        them told to forget them), and its vector stops vouching for them.
+        """
+        self._unique = False
 
     def floor(self, now: int) -> int:
         """What an unknown writer counts as seen up to."""
@@ -86,7 +99,7 @@ class Horizon:
         """Whether every write ``origin`` stamped at or before ``time`` is held here."""
         if time <= SEED_TIME:
             return False  # a seeded entry, not a write: it fills what is missing
-        if origin == self.node_id and time >= self.started_at:
+        if origin == self.node_id and self._unique and time >= self.started_at:
             return True  # this incarnation's own writes are applied when made
         seen = self.seen.get(origin)
         return time <= (seen if seen is not None else now - self._hard_cap)
@@ -107,7 +120,8 @@ class Horizon:
     def vector(self, clock: int) -> list[tuple[str, int]]:
         """This replica's vector to send with a sync answer (its own entry is ``clock``)."""
         out = [(o, t) for o, t in self.seen.items() if o != self.node_id]
-        out.append((self.node_id, clock))
+        if self._unique:
+            out.append((self.node_id, clock))
         return out
 
     def frontier(self, now: int, excluded: Callable[[str], bool]) -> int:

@@ -239,8 +239,13 @@ class Membership:
         incarnation never heard from within ``down_after`` is then reported down, so an
         entry owned by a ghost cannot linger.
         """
-        if node == self.node_id and nonce == self.nonce:
-            return True
+        if node == self.node_id:
+            if nonce == self.nonce:
+                return True
+            # Another process with this id: never expected (it is not tracked as a member,
+            # so it would be "down" after down_after and its messages taken for a past
+            # life's); alive once it was seen.
+            return True if nonce in self._duplicates_reported else None
         m = self._members.get((node, nonce))
         if m is None:
             if len(self._members) < self.options.max_members:

@@ -623,6 +623,8 @@ class Replica(Generic[T]):
         if msg is None:
             return  # this node's own broadcast, echoed by the transport
         sender = msg.sender
+        if sender == self.node_id:
+            self.horizon.disown()  # another process with this id (an echo was dropped)
         peer = self._peers.get(sender)
         if peer is None or not peer.up or peer.nonce != msg.nonce:
             peer = self._heard(sender, msg.nonce, now)
@@ -778,6 +780,7 @@ class Replica(Generic[T]):
                 self._schedule_recontact(now)
         elif event.kind == "duplicate":
             self.stats.duplicate_node_ids += 1
+            self.horizon.disown()
 
     def _schedule_recontact(self, now: int) -> None:
         """A peer came back (a partition healed): one sync soon, however many came back."""

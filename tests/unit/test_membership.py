@@ -273,6 +273,17 @@ def test_a_second_process_with_this_node_id_is_reported_once_per_nonce() -> None
         assert me.core.duplicates >= 2  # counted each time, reported once
 
 
+def test_a_twin_is_alive_once_seen_and_never_expected() -> None:
+    f = Fleet()
+    one = f.add("a", nonce=1)
+    assert one.core.alive("a", 2) is None  # unknown, and not made expected
+    f.advance(2 * OPTS.down_after_ms)
+    assert one.took("down", "a") == []
+    f.add("a", nonce=2)
+    assert one.core.alive("a", 2) is True
+    assert one.core.live_count() == 1  # a twin is not a member of its own table
+
+
 # --- goodbyes ----------------------------------------------------------------------------------
 
 

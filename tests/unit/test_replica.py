@@ -24,7 +24,7 @@ from podshare.exceptions import (
 from podshare.store import wire
 from podshare.store.codec import value_codec
 from podshare.store.events import Event, EventKind, Stats
-from podshare.store.membership import LivenessOptions
+from podshare.store.membership import LivenessOptions, MemberEvent
 from podshare.store.replica import SEED_TIME, Outgoing, Replica, ReplicaOptions
 from podshare.store.sync import SyncFinished
 from podshare.testing import SimNetwork
@@ -1146,3 +1146,49 @@ def test_a_partition_longer_than_the_ttl_neither_resurrects_nor_loses(who_asks: 
         assert values["kept"] == 1
         assert values["new-on-b"] == 2, node  # the write made while cut off survives
     assert net.converged()
+
+
+def test_duplicate_node_ids_are_counted_and_both_writers_replicate() -> None:
+    net = cluster("c")
+    net.add("a", nonce=1)
+    net.add("a", nonce=2)
+    net.settle()
+    one, two = (node for key, node in net.nodes.items() if node.node_id == "a")
+    one.replica.local_set("from-one", 1, net.now)
+    net.flush()
+    two.replica.local_set("from-two", 2, net.now)
+    net.settle()
+    assert net.replica("c").values == {"from-one": 1, "from-two": 2}
+    assert one.replica.values == two.replica.values
+    assert one.replica.snapshot_stats().duplicate_node_ids >= 1
+    one.replica.node_event(MemberEvent("duplicate", "a", 2), net.now)
+    assert one.replica.snapshot_stats().duplicate_node_ids >= 2
+
+
+def test_a_third_party_keeps_a_twins_write_after_syncing_with_the_other_twin() -> None:
+    # Stamps carry the node id, not the incarnation: without care, one twin takes the
+    # other's write for its own deleted one, refuses it and tells the peer to forget it.
+    net = cluster("c")
+    net.add("a", nonce=1)
+    net.settle()
+    net.add("a", nonce=2)
+    net.settle()
+    one, two = (node for node in net.nodes.values() if node.node_id == "a")
+    two.replica.local_set("from-two", 2, net.now)
+    net.settle()
+    one.replica.request_sync(net.now, peer="c")
+    net.flush()
+    net.run()
+    net.settle()
+    assert net.replica("c").values == {"from-two": 2}
+    assert one.replica.values == {"from-two": 2}
+    assert one.replica.snapshot_stats().writes_refused == 0
+
+
+def test_a_twin_seen_on_a_store_topic_is_not_taken_for_this_process() -> None:
+    r = replica(nonce=5)
+    r.local_set("k", 1, T0)
+    (out,) = r.data_to_send()
+    twin = replica(nonce=6)
+    twin.receive(out.data, T0)
+    assert twin.values == {"k": 1}
