@@ -363,8 +363,7 @@ def _check_outcome(data: bytes, max_size: int = CAP) -> None:
     got = _lists(msgspec.to_builtins(msg, builtin_types=(bytes,)))
     assert got == _expected(msgpack.unpackb(data))
     # ... it round-trips (entries pack the fields their flags call for: an inconsistent
-    # one, which the replica refuses when it applies it, loses the others), and its echo
-    # is recognised.
+    # one loses the others), and its echo is recognised.
     if all(e.consistent() for e in getattr(msg, "entries", ())):
         assert decode(encode(msg), max_size=CAP) == msg
     else:
