@@ -9,7 +9,8 @@ replica holds every write ``origin`` stamped at or before it (or a state that su
 it). It grows only on evidence:
 
 - this node's own writes are applied when made: every write of this incarnation (stamped
-  since it started) is held, and its own entry in the vector it sends is its clock;
+  since it started) is held, and its own entry in the vector it sends is its clock
+  (unless another live process shares its node id: :meth:`Horizon.disown`);
 - after a completed sync with a peer, this replica holds everything the peer held when
   it answered, so it takes the peer's own clock for the peer and the larger of each
   entry of the peer's vector (the peer sends its whole vector with its answer).
@@ -26,6 +27,10 @@ Two rules follow, and they are the whole of the horizon (``docs/concepts.md``):
    to be down for longer than ``tombstone_ttl``. While some live node's knowledge lags
    (a partition, a node that has not synced), tombstones newer than its ``seen`` stay;
    so a node returning from a partition meets the deletes it missed.
+
+Entries stamped at or before :data:`SEED_TIME` (loaded with ``Store.seed``: older than
+any write) are never refused: they only fill keys a replica lacks, and whatever it holds
+wins over them.
 
 Writers are forgotten ``hard_cap`` after their ``seen`` last grew; an unknown writer
 counts as seen up to ``now - hard_cap``, so entries older than the hard cap from a
@@ -46,11 +51,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Final
 
 __all__ = ["SEED_TIME", "Horizon"]
 
-#: The stamp time of seeded entries (``Store.seed``): older than any write.
-SEED_TIME = 1
+#: The stamp time of seeded entries: older than any write, never taken for a deleted one.
+SEED_TIME: Final = 1
 
 
 class Horizon:
@@ -62,33 +68,38 @@ class Horizon:
         hard_cap_ms: writers whose knowledge has not grown for this long are forgotten.
     """
 
-    __slots__ = ("_grew", "_hard_cap", "node_id", "seen", "shared_id", "started_at")
+    __slots__ = ("_grew", "_hard_cap", "_unique", "node_id", "seen", "started_at")
 
     def __init__(self, node_id: str, *, started_at: int = 0, hard_cap_ms: int) -> None:
         self.node_id = node_id
         self.started_at = started_at
         self._hard_cap = hard_cap_ms
-        #: Another live process uses this node id: its writes carry this node's origin,
-        #: so "my own writes are all here" no longer holds (nor is it claimed to peers).
-        self.shared_id = False
         #: origin -> ms: every write of ``origin`` stamped at or before is held here.
         self.seen: dict[str, int] = {}
         # origin -> the local time its entry last grew (for forgetting writers).
         self._grew: dict[str, int] = {}
+        # Whether this incarnation is the only writer stamping with node_id.
+        self._unique = True
+
+    def disown(self) -> None:
+        """Another live process writes under this node id (a misconfiguration).
+
+        Stamps carry the node id, not the incarnation, so this node can no longer tell
+        its own writes from the other process's: it stops taking the writes stamped with
+        its id since it started as held (they would be refused, and the peers that sent
+        them told to forget them), and its vector stops vouching for them.
+        """
+        self._unique = False
 
     def floor(self, now: int) -> int:
         """What an unknown writer counts as seen up to."""
         return now - self._hard_cap
 
     def holds(self, origin: str, time: int, now: int) -> bool:
-        """Whether every write ``origin`` stamped at or before ``time`` is held here.
-
-        Entries stamped at or before :data:`SEED_TIME` are seeds (``Store.seed``): initial
-        values older than any write, never taken for a compacted delete.
-        """
+        """Whether every write ``origin`` stamped at or before ``time`` is held here."""
         if time <= SEED_TIME:
-            return False
-        if origin == self.node_id and time >= self.started_at and not self.shared_id:
+            return False  # a seeded entry, not a write: it fills what is missing
+        if origin == self.node_id and self._unique and time >= self.started_at:
             return True  # this incarnation's own writes are applied when made
         seen = self.seen.get(origin)
         return time <= (seen if seen is not None else now - self._hard_cap)
@@ -109,7 +120,7 @@ class Horizon:
     def vector(self, clock: int) -> list[tuple[str, int]]:
         """This replica's vector to send with a sync answer (its own entry is ``clock``)."""
         out = [(o, t) for o, t in self.seen.items() if o != self.node_id]
-        if not self.shared_id:
+        if self._unique:
             out.append((self.node_id, clock))
         return out
 

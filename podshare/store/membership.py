@@ -128,6 +128,7 @@ class _Member:
         "bye",
         "commitment",
         "confirmed",
+        "counted",
         "down_at",
         "interval",
         "last_heard",
@@ -149,6 +150,7 @@ class _Member:
         self.commitment = b""
         self.state = _ALIVE
         self.confirmed = False
+        self.counted = False  # counted in Membership._live (confirmed and not down)
         self.last_heard = now
         self.suspect_until = 0
         self.down_at = 0
@@ -193,6 +195,8 @@ class Membership:
         self._rng = rng if rng is not None else random.Random()
         self._members: dict[tuple[str, int], _Member] = {}
         self._by_node: dict[str, set[int]] = {}
+        # Confirmed incarnations not down, kept in step so live_count() walks nothing.
+        self._live = 0
         self._out: list[tuple[str | None, bytes]] = []
         self._events: list[MemberEvent] = []
         self._errors: list[PodshareError] = []
@@ -238,8 +242,13 @@ class Membership:
         incarnation never heard from within ``down_after`` is then reported down, so an
         entry owned by a ghost cannot linger.
         """
-        if node == self.node_id and nonce == self.nonce:
-            return True
+        if node == self.node_id:
+            if nonce == self.nonce:
+                return True
+            # Another process with this id: never expected (it is not tracked as a member,
+            # so it would be "down" after down_after and its messages taken for a past
+            # life's); alive once it was seen.
+            return True if nonce in self._duplicates_reported else None
         m = self._members.get((node, nonce))
         if m is None:
             if len(self._members) < self.options.max_members:
@@ -270,7 +279,7 @@ class Membership:
 
     def live_count(self) -> int:
         """How many confirmed incarnations are alive, this one included."""
-        return 1 + sum(1 for m in self._members.values() if m.state != _DOWN and m.confirmed)
+        return 1 + self._live
 
     def beacon_interval(self) -> int:
         """The current interval of this node's Alive beacon (ms)."""
@@ -382,7 +391,15 @@ class Membership:
             self._ring = None
             self._events.append(MemberEvent("up", node, nonce))
             self._replaced(m, now)
+        self._recount(m)
         return m
+
+    def _recount(self, m: _Member) -> None:
+        """Keep ``_live`` in step with ``m``'s state."""
+        live = m.confirmed and m.state != _DOWN
+        if live != m.counted:
+            m.counted = live
+            self._live += 1 if live else -1
 
     def _replaced(self, new: _Member, now: int) -> None:
         """A new incarnation of a node: an older, still-alive one is over (a restart)."""
@@ -403,6 +420,7 @@ class Membership:
         m.state = _DOWN
         m.down_at = now
         self._ring = None
+        self._recount(m)
         # Also for one never heard from: stores holding its entries must hear it is gone.
         self._events.append(MemberEvent("down", m.node, m.nonce))
 
@@ -537,7 +555,9 @@ class Membership:
                 self._out.append((None, wire.encode(suspect)))
 
     def _forget(self, key: tuple[str, int]) -> None:
-        self._members.pop(key, None)
+        m = self._members.pop(key, None)
+        if m is not None and m.counted:
+            self._live -= 1
         nonces = self._by_node.get(key[0])
         if nonces is not None:
             nonces.discard(key[1])

@@ -164,7 +164,7 @@ class ReplicaOptions:
 class _Peer:
     """Another replica of this store."""
 
-    __slots__ = ("failed_at", "last_ok", "nonce", "synced", "transfers", "up")
+    __slots__ = ("down_at", "failed_at", "last_ok", "nonce", "synced", "transfers", "up")
 
     def __init__(self, nonce: int) -> None:
         self.nonce = nonce
@@ -173,6 +173,7 @@ class _Peer:
         self.transfers = 0
         self.last_ok = -1
         self.failed_at = -1
+        self.down_at = -1  # when it was last seen going down
 
 
 class Replica(Generic[T]):
@@ -645,7 +646,7 @@ class Replica(Generic[T]):
         if sender == self.node_id:
             # Another live process with this node id (the echo filter saw another nonce):
             # its writes carry this node's origin, so none may be taken as "mine".
-            self.horizon.shared_id = True
+            self.horizon.disown()
         peer = self._peers.get(sender)
         if peer is None or not peer.up or peer.nonce != msg.nonce:
             peer = self._heard(sender, msg.nonce, now)
@@ -667,7 +668,7 @@ class Replica(Generic[T]):
             else:
                 self._on_writes(msg, now)
         elif isinstance(msg, wire.SyncData):
-            self.sync.on_data(msg, now)
+            self.sync.on_data(self._bound_stamps(msg, now) if msg.entries else msg, now)
         elif isinstance(msg, wire.SyncAck):
             self.sync.on_ack(msg, now)
         elif isinstance(msg, wire.SyncKeys):
@@ -707,6 +708,24 @@ class Replica(Generic[T]):
             self._observed = top
             self._clock.observe(Stamp(top, 0, ""))
         self.state.apply(entries, now)
+
+    def _bound_stamps(self, msg: wire.SyncData, now: int) -> wire.SyncData:
+        """The clock rules of :meth:`_on_writes` for a part of an entry stream: entries too
+        far ahead are refused, and the clock observes the rest before they are applied (a
+        local write after hydration must order after what it replaces)."""
+        entries = msg.entries
+        top = max(e.time for e in entries)
+        if top > now + 2 * self.options.max_clock_skew_ms:
+            entries = self._refuse_future(entries, now)
+            msg = wire.SyncData(
+                msg.sender, msg.nonce, msg.sync_id, msg.stream, msg.part, msg.last, entries,
+                msg.vector,
+            )  # fmt: skip
+            if not entries:
+                return msg
+            top = max(e.time for e in entries)
+        self._clock.observe(Stamp(top, 0, ""))
+        return msg
 
     def _refuse_future(self, entries: Sequence[WireEntry], now: int) -> list[WireEntry]:
         """Drop entries stamped more than twice ``max_clock_skew`` ahead (reported)."""
@@ -776,6 +795,7 @@ class Replica(Generic[T]):
     def _peer_gone(self, node: str, peer: _Peer) -> None:
         if peer.up:
             peer.up = False
+            peer.down_at = self._now
             peer.synced = None
             self._events.append(Event(EventKind.NODE_DOWN, node, None, node, None))
         self.sync.abandon(node, "gone")
@@ -801,7 +821,7 @@ class Replica(Generic[T]):
                 self._schedule_recontact(event.node, now)
         elif event.kind == "duplicate":
             self.stats.duplicate_node_ids += 1
-            self.horizon.shared_id = True
+            self.horizon.disown()
 
     def _schedule_recontact(self, peer: str, now: int) -> None:
         """A peer came back (a partition healed): one sync soon, however many came back,
@@ -1152,6 +1172,12 @@ class Replica(Generic[T]):
 
         def excluded(origin: str) -> bool:
             since = down_since(origin)
+            if since is None:
+                # Liveness forgets down members after a while; this store remembers the
+                # peers it saw go down (and not come back) for as long as it knows them.
+                peer = self._peers.get(origin)
+                if peer is not None and not peer.up and peer.down_at >= 0:
+                    since = peer.down_at
             return since is not None and now - since > ttl
 
         frontier = self.horizon.frontier(now, excluded)

@@ -236,10 +236,15 @@ def make_entry(
 
 def entry_list(e: WireEntry) -> list[Any]:
     """The entry as it is packed: trailing ``nil`` fields left out."""
-    if e.owner_nonce is not None or e.expires is not None:
+    if e.expires is not None:
         return [
             e.key, e.time, e.counter, e.origin, e.flags, e.value,
             None, None, None, e.owner_nonce, e.expires,
+        ]  # fmt: skip
+    if e.owner_nonce is not None:
+        return [
+            e.key, e.time, e.counter, e.origin, e.flags, e.value,
+            None, None, None, e.owner_nonce,
         ]  # fmt: skip
     if e.epoch_origin is not None:
         return [

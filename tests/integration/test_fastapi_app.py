@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests._support import RedisServer
 from tests.integration._servers import ServerProcess, poll
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ from websockets.sync.client import connect  # noqa: E402
 
 
 @pytest.fixture
-def pods(redis_server) -> Iterator[tuple[ServerProcess, ServerProcess]]:  # type: ignore[no-untyped-def]
+def pods(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {"PODSHARE_REDIS_URL": redis_server.url}
     started = [
         ServerProcess("fastapi_app.py", ["serve"], {**env, "POD_NAME": name})
@@ -57,7 +58,9 @@ def test_a_push_reaches_the_websocket_held_by_the_other_process(
     a, b = pods
     assert a.request("POST", "/push/alice", {"text": "nobody there"})[0] == 404
     with connect(f"{b.ws_url}/ws/alice", open_timeout=10) as ws:
-        assert ws.recv(timeout=10).startswith("connected to pod-b-")
+        greeting = ws.recv(timeout=10)
+        assert isinstance(greeting, str)
+        assert greeting.startswith("connected to pod-b-")
         # The route `user:alice -> pod-b` reaches pod-a within milliseconds; until then
         # pod-a answers 404 (NoRoute: nothing ran, so retrying is safe).
         replies: list[tuple[int, object]] = []

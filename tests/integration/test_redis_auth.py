@@ -27,7 +27,7 @@ from podshare.store import wire
 from podshare.testing import check_transport
 from podshare.transport import Authenticated, AuthStats, RedisTransport
 from podshare.transport.auth import HEADER_SIZE, TAG_SIZE
-from tests.integration.conftest import RedisServer
+from tests._support import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

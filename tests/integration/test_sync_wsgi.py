@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from tests._support import RedisServer
 from tests.integration._servers import ServerProcess, poll
 
 pytestmark = pytest.mark.integration
@@ -16,7 +18,7 @@ pytest.importorskip("redis", reason="the redis extra is not installed")
 
 
 @pytest.fixture
-def pods(redis_server) -> Iterator[tuple[ServerProcess, ServerProcess]]:  # type: ignore[no-untyped-def]
+def pods(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {"PODSHARE_REDIS_URL": redis_server.url}
     started = [
         ServerProcess("flask_app.py", ["serve"], {**env, "POD_NAME": name})
@@ -31,6 +33,11 @@ def pods(redis_server) -> Iterator[tuple[ServerProcess, ServerProcess]]:  # type
     for out in outputs:
         assert "stopped cleanly" in out, out
         assert "Traceback" not in out, out
+
+
+def serves(pod: ServerProcess, path: str, expected: tuple[int, Any]) -> Callable[[], bool]:
+    """A condition: ``pod`` answers ``expected`` to a GET of ``path``."""
+    return lambda: pod.request("GET", path) == expected
 
 
 def test_a_put_on_one_process_is_visible_on_the_other(
@@ -62,8 +69,4 @@ def test_concurrent_requests_on_both_processes_converge(
     for pod in (a, b):
         for i in range(40):
             expected = (200, {"enabled": bool(i % 3), "note": str(i)})
-            poll(
-                lambda pod=pod, i=i, expected=expected: (
-                    pod.request("GET", f"/flags/f{i}") == expected
-                )
-            )
+            poll(serves(pod, f"/flags/f{i}", expected))

@@ -258,7 +258,7 @@ async def test_bad_options_are_configuration_errors() -> None:
         {"on_error": 42},
     ):
         with pytest.raises(ConfigurationError):
-            TcpTransport(**bad)  # type: ignore[arg-type]
+            TcpTransport(**bad)
     async with TcpTransport() as node:
         with pytest.raises(ConfigurationError):
             node.add_peer("1.2.3.4")
@@ -949,7 +949,9 @@ async def test_a_subscription_made_before_connecting_receives_from_the_first_mes
 # -- floods ----------------------------------------------------------------------------
 
 
-async def idle_clients(address: str, count: int, local_host: str | None = None) -> list[object]:
+async def idle_clients(
+    address: str, count: int, local_host: str | None = None
+) -> list[anyio.abc.SocketStream]:
     host, port = address.rsplit(":", 1)
     return [await anyio.connect_tcp(host, int(port), local_host=local_host) for _ in range(count)]
 
@@ -977,7 +979,7 @@ async def test_a_flood_of_idle_connections_cannot_lock_a_legitimate_peer_out() -
             assert stats.auth_failures == 0
         finally:
             for client in flood:
-                await client.aclose()  # type: ignore[attr-defined]
+                await client.aclose()
 
 
 async def test_the_per_source_cap_spares_other_sources() -> None:
@@ -994,10 +996,10 @@ async def test_the_per_source_cap_spares_other_sources() -> None:
             await eventually(lambda: node.stats().connections_pending == 7)
             assert node.stats().handshakes_dropped == 6
             for client in spared:
-                await client.aclose()  # type: ignore[attr-defined]
+                await client.aclose()
         finally:
             for client in flood:
-                await client.aclose()  # type: ignore[attr-defined]
+                await client.aclose()
 
 
 async def test_failed_handshakes_are_logged_at_info_once_per_interval_and_counted(

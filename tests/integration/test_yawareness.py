@@ -53,7 +53,7 @@ class Pod:
 @asynccontextmanager
 async def pods(names: list[str], net: MemoryNetwork) -> AsyncIterator[list[Pod]]:
     async with AsyncExitStack() as stack:
-        out = []
+        out: list[Pod] = []
         for name in names:
             tr = await stack.enter_async_context(MemoryTransport(network=net, name=name))
             store = await stack.enter_async_context(
@@ -105,12 +105,12 @@ async def test_a_dead_pods_clients_are_removed_everywhere() -> None:
         a.client(2, {"user": "alan"}, clock=4)
         b.client(3, {"user": "grace"}, clock=1)
         for pod in (b, c):
-            await pod.until(lambda pod=pod: {1, 2} <= set(users(pod)))  # type: ignore[misc]
+            await pod.until(lambda pod=pod: {1, 2} <= set(users(pod)))
         await c.until(lambda: 3 in users(c))
         # pod-a vanishes without a goodbye (crash, network loss).
         net.partition(["pod-b", "pod-c"], ["pod-a"])
         for pod in (b, c):
-            await pod.until(lambda pod=pod: not {1, 2} & set(users(pod)))  # type: ignore[misc]
+            await pod.until(lambda pod=pod: not {1, 2} & set(users(pod)))
             removed = {e.client for e in pod.forwarded if e.removed}
             assert {1, 2} <= removed
         # grace, on a live pod, stays.

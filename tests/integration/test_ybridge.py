@@ -70,7 +70,7 @@ async def pods(
 ) -> AsyncIterator[list[tuple[MemoryTransport, Doc[Any]]]]:
     net = network if network is not None else MemoryNetwork()
     async with AsyncExitStack() as stack:
-        out = []
+        out: list[tuple[MemoryTransport, Doc[Any]]] = []
         for i in range(count):
             tr = MemoryTransport(network=net, name=f"pod-{i}", **options)
             out.append((await stack.enter_async_context(tr), Doc()))
@@ -145,7 +145,7 @@ async def test_a_newcomer_receives_and_contributes_content() -> None:
 
 async def test_rooms_are_separate() -> None:
     async with pods(2) as [(ta, a), (tb, b)]:
-        other = Doc()
+        other: Doc[Any] = Doc()
         async with (
             open_provider(a, ta, "room-1"),
             open_provider(b, tb, "room-1"),
@@ -160,7 +160,8 @@ async def test_room_names_of_any_length_and_alphabet_are_synced() -> None:
     rooms = ["x" * 5000, "notes for café ☕", "a#b", "", "/docs/42?token=1"]
     async with pods(2) as [(ta, _), (tb, _)]:
         for room in rooms:
-            a, b = Doc(), Doc()
+            a: Doc[Any] = Doc()
+            b: Doc[Any] = Doc()
             async with open_provider(a, ta, room) as pa, open_provider(b, tb, room) as pb:
                 assert pa.topic == pb.topic == room_topic(room)
                 a.get("t", type=Text).insert(0, room[:20] or "empty name")
@@ -245,7 +246,7 @@ async def test_synced_waits_for_every_member_of_the_presence_registry() -> None:
     async with pods(3) as [(ta, a), (tb, b), (tc, c)], AsyncExitStack() as stack:
         stores = [
             await stack.enter_async_context(
-                Store("presence", tr, node_id=f"n{i}", hydrate_timeout=0.2)
+                Store[Any]("presence", tr, node_id=f"n{i}", hydrate_timeout=0.2)
             )
             for i, tr in enumerate((ta, tb, tc))
         ]
@@ -272,7 +273,7 @@ async def test_synced_waits_for_every_member_of_the_presence_registry() -> None:
 async def test_a_silent_member_delays_synced_only_until_the_timeout() -> None:
     async with pods(1) as [(ta, a)], AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            Store("presence", ta, node_id="n0", hydrate_timeout=0.2)
+            Store[Any]("presence", ta, node_id="n0", hydrate_timeout=0.2)
         )
         # A member that never answers (its pod hangs, say).
         await store.set("m:" + room_topic("room") + "#ghost", True)
@@ -617,14 +618,15 @@ async def test_a_room_survives_a_full_restart_through_its_persistence() -> None:
 async def test_store_persistence_joins_what_pods_save() -> None:
     async with pods(1) as [(tr, _)], Store[YDoc]("rooms", tr, hydrate_timeout=0.1) as rooms:
         persistence = StorePersistence(rooms, key_prefix="doc:")
-        one, two = Doc(), Doc()
+        one: Doc[Any] = Doc()
+        two: Doc[Any] = Doc()
         one.get("t", type=Text).insert(0, "from one;")
         two.get("log", type=Array).append("from two")
         await persistence.save("room", one.get_update())
         await persistence.save("room", two.get_update())  # joined, not replaced
         state = await persistence.load("room")
         assert state is not None
-        joined = Doc()
+        joined: Doc[Any] = Doc()
         joined.apply_update(state)
         assert text(joined) == "from one;"
         assert joined.get("log", type=Array).to_py() == ["from two"]
@@ -711,7 +713,7 @@ async def test_channel_routes_step2_replies_to_the_asker() -> None:
 
 def test_bad_options_are_refused() -> None:
     tr = MemoryTransport()
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     for node_id in ("", "a#b", "x" * 256):
         with pytest.raises(ConfigurationError):
             TransportChannel(tr, "room", node_id=node_id)
@@ -757,7 +759,8 @@ async def test_a_bridge_is_entered_once() -> None:
 async def test_live_docs_sync_through_redis(redis_server: Any) -> None:
     from podshare.transport import RedisTransport
 
-    a, b = Doc(), Doc()
+    a: Doc[Any] = Doc()
+    b: Doc[Any] = Doc()
     a.get("t", type=Text).insert(0, "before joining;")
     async with (
         RedisTransport(url=redis_server.url) as ta,

@@ -157,7 +157,7 @@ def _items_doc(plain: bool, start: int, count: int, client_id: int) -> bytes:
     """A pycrdt update appending ``count`` items, as plain objects or as shared maps."""
     import pycrdt
 
-    doc = pycrdt.Doc(client_id=client_id)
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
     items = doc.get("items", type=pycrdt.Array)
     for i in range(start, start + count):
         item = {"id": i, "author": f"user {i % 7}", "body": "lorem ipsum " * 4, "done": False}

@@ -7,6 +7,8 @@ chunking never changes the outcome), announced topics equal a model set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -254,7 +256,7 @@ def test_announced_topics_follow_a_model_set(
     secret: bool, ops: list[tuple[str, str]], cuts: list[int]
 ) -> None:
     a, b = _opened_pair(b"k" if secret else None)
-    bodies = {
+    bodies: dict[str, Callable[[str], bytes]] = {
         "add": PeerProtocol.topic_added_body,
         "remove": PeerProtocol.topic_removed_body,
         "all": lambda _: PeerProtocol.all_topics_body(),

@@ -140,9 +140,9 @@ async def test_size_limit_is_the_inner_one_less_the_overhead() -> None:
 async def test_lifecycle_enters_and_closes_the_inner() -> None:
     inner = MemoryTransport()
     async with Authenticated(inner, secret=SECRET) as tr:
-        assert not inner.closed
+        was_closed = inner.closed
         await tr.aclose()
-        assert inner.closed
+        assert (was_closed, inner.closed) == (False, True)
         await tr.aclose()  # idempotent
         with pytest.raises(ClosedError):
             await tr.publish("t", b"x")
@@ -291,7 +291,7 @@ async def test_key_rotation_without_downtime() -> None:
 # --- stores over the wrapper -------------------------------------------------------------
 
 
-STORE = {"hydrate_timeout": 0.5, "heartbeat_interval": 0.05, "down_after": 0.5}
+STORE: dict[str, Any] = {"hydrate_timeout": 0.5, "heartbeat_interval": 0.05, "down_after": 0.5}
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -297,7 +298,7 @@ async def test_stale_route_is_retried_once_on_the_new_owner(cluster: Cluster) ->
     cluster.world.routes["t"] = "a"
     original = a._receive
 
-    async def receive_then_move(data: bytes):  # type: ignore[no-untyped-def]
+    async def receive_then_move(data: bytes) -> Any:
         cluster.world.routes["t"] = "c"
         return await original(data)
 

@@ -52,7 +52,8 @@ def test_unhashable_types_are_not_cached_but_work() -> None:
 
 
 def test_pydantic_models() -> None:
-    pydantic = pytest.importorskip("pydantic", reason="the pydantic extra is not installed")
+    pytest.importorskip("pydantic", reason="the pydantic extra is not installed")
+    import pydantic
 
     class Reply(pydantic.BaseModel):
         ok: bool

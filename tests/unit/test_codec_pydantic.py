@@ -7,20 +7,21 @@ import enum
 import subprocess
 import sys
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-pydantic = pytest.importorskip("pydantic", reason="the pydantic extra is not installed")
-from pydantic import BaseModel, ConfigDict, Field, field_validator  # noqa: E402
+pytest.importorskip("pydantic", reason="the pydantic extra is not installed")
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from podshare import JsonCodec, Store  # noqa: E402
-from podshare.exceptions import ConfigurationError, DecodeError, InvalidValue  # noqa: E402
-from podshare.store.codec import value_codec  # noqa: E402
-from podshare.transport import MemoryNetwork, MemoryTransport  # noqa: E402
+from podshare import JsonCodec, Store
+from podshare.exceptions import ConfigurationError, DecodeError, InvalidValue
+from podshare.store.codec import value_codec
+from podshare.transport import MemoryNetwork, MemoryTransport
 
 FORMATS = ["json", "msgpack"]
 
@@ -115,9 +116,9 @@ def test_containers_of_models(fmt: str) -> None:
 
 
 def test_pydantic_dataclass_goes_through_pydantic() -> None:
-    @pydantic.dataclasses.dataclass
+    @pydantic_dataclass
     class Limit:
-        per_second: int = Field(gt=0)
+        per_second: Annotated[int, Field(gt=0)]
 
     vc = value_codec(Limit, "json")
     assert vc.decode(vc.encode(Limit(per_second=5))) == Limit(per_second=5)
@@ -253,6 +254,11 @@ def test_podshare_never_imports_pydantic() -> None:
 # -- through a Store ----------------------------------------------------------------------
 
 
+def typed_by_argument(name: str, transport: MemoryTransport, **options: Any) -> Store[Flag]:
+    """A store typed with ``type=Flag`` (rather than ``Store[Flag]``)."""
+    return Store(name, transport, type=Flag, **options)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_typed_stores_replicate_models(fmt: str) -> None:
@@ -261,7 +267,7 @@ async def test_typed_stores_replicate_models(fmt: str) -> None:
         MemoryTransport(network=net, name="a") as ta,
         MemoryTransport(network=net, name="b") as tb,
         Store[Flag]("flags", ta, node_id="a", codec=fmt) as a,
-        Store("flags", tb, node_id="b", type=Flag, codec=fmt) as b,
+        typed_by_argument("flags", tb, node_id="b", codec=fmt) as b,
         b.watch(key="checkout") as events,
     ):
         await a.set("checkout", FULL)
@@ -280,7 +286,7 @@ async def test_a_value_the_model_rejects_is_counted_and_skipped() -> None:
     async with (
         MemoryTransport(network=net, name="a") as ta,
         MemoryTransport(network=net, name="b") as tb,
-        Store("audit", ta, node_id="a") as writer,  # untyped: writes anything JSON-like
+        Store[Any]("audit", ta, node_id="a") as writer,  # untyped: writes anything JSON-like
         Store[Audit]("audit", tb, node_id="b") as reader,
         reader.watch() as events,
     ):
@@ -302,7 +308,7 @@ async def test_strict_codec_through_a_store() -> None:
         MemoryTransport(network=net, name="a") as ta,
         MemoryTransport(network=net, name="b") as tb,
         MemoryTransport(network=net, name="c") as tc,
-        Store("flags", ta, node_id="a") as writer,
+        Store[Any]("flags", ta, node_id="a") as writer,
         Store[Flag]("flags", tb, node_id="b", codec=JsonCodec(strict=True)) as strict,
         Store[Flag]("flags", tc, node_id="c") as lax,
         strict.watch() as strict_events,

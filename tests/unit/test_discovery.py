@@ -47,7 +47,7 @@ class FakeDNS:
     """A resolver whose answer the test changes; counts and signals lookups."""
 
     def __init__(self, *answer: str) -> None:
-        self.answer: list[object] | BaseException = list(answer)
+        self.answer: list[str] | BaseException = list(answer)
         self.lookups = 0
         self.looked_up = anyio.Event()
 
@@ -56,7 +56,7 @@ class FakeDNS:
         self.lookups += 1
         self.looked_up.set()
         self.looked_up = anyio.Event()
-        if isinstance(self.answer, Exception):
+        if isinstance(self.answer, BaseException):
             raise self.answer
         return list(self.answer)
 
@@ -212,6 +212,7 @@ async def test_cancelling_a_resolution_is_not_a_failure() -> None:
     async def hanging(_host: str, _port: int) -> list[str]:
         started.set()
         await anyio.sleep_forever()
+        raise AssertionError("sleep_forever() returned")
 
     discoverer = DNSDiscoverer("podshare.ns.svc", 7000, resolver=hanging)
     async with anyio.create_task_group() as tg:

@@ -124,7 +124,8 @@ def test_the_default_node_id_is_the_processs(
     tr: MemoryTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("PODSHARE_NODE_ID", raising=False)
-    one, other = Store("identity-one", tr), Store("identity-two", tr)
+    one: Store[Any] = Store("identity-one", tr)
+    other: Store[Any] = Store("identity-two", tr)
     # Every store of a process is one node: host name and pid, no "#".
     assert one.node_id == other.node_id
     assert one.node_id.endswith(f"-{os.getpid()}")
@@ -147,7 +148,9 @@ def test_a_second_replica_of_one_store_in_one_process_gets_a_derived_id(
     tr: MemoryTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PODSHARE_NODE_ID", "pod-1")
-    first, second, third = (Store("identity-three", tr) for _ in range(3))
+    stores: list[Store[Any]] = [Store("identity-three", tr) for _ in range(3)]
+    first, second, third = stores
+    del stores
     assert [first.node_id, second.node_id, third.node_id] == ["pod-1", "pod-1~2", "pod-1~3"]
     del second  # a replica that goes away gives its id back
     gc.collect()

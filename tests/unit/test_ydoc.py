@@ -267,7 +267,7 @@ def test_plain_dicts_have_one_wire_form_whatever_yrs_hash_order() -> None:
     encodings = set()
     forms = set()
     for _ in range(20):
-        fresh = pycrdt.Doc()
+        fresh: pycrdt.Doc[Any] = pycrdt.Doc()
         fresh.apply_update(raw)
         encodings.add(fresh.get_update())
         forms.add(YDoc.from_update(fresh.get_update()).to_wire())
@@ -287,7 +287,7 @@ def test_embeds_and_formats_with_objects_have_one_wire_form() -> None:
     doc = YDoc().edit(rich)
     forms = set()
     for _ in range(20):
-        fresh = pycrdt.Doc()
+        fresh: pycrdt.Doc[Any] = pycrdt.Doc()
         fresh.apply_update(doc.to_update())
         forms.add(YDoc.from_update(fresh.get_update()).to_wire())
     assert len(forms) == 1
@@ -321,7 +321,7 @@ def test_a_javascript_v1_update_loads() -> None:
 
 def test_v2_updates_are_refused_not_read_as_empty_documents() -> None:
     assert pycrdt.Doc().get_state() == b"\x00"
-    lenient = pycrdt.Doc()
+    lenient: pycrdt.Doc[Any] = pycrdt.Doc()
     lenient.apply_update(JS_V2)  # what the check guards against: Yrs says nothing...
     assert lenient.get_update() == b"\x00\x00"  # ...and holds an empty document
     for load in (YDoc.from_update, YDoc.from_wire, lambda b: YDoc.from_wire([b])):

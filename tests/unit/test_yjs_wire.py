@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,7 +64,9 @@ def test_a_small_message_is_one_envelope() -> None:
     limit=st.integers(min_value=200, max_value=2000),
     order=st.randoms(use_true_random=False),
 )
-def test_fragments_fit_the_limit_and_join_in_any_order(body: bytes, limit: int, order) -> None:  # type: ignore[no-untyped-def]
+def test_fragments_fit_the_limit_and_join_in_any_order(
+    body: bytes, limit: int, order: random.Random
+) -> None:
     parts = _wire.encode(HEAD, _wire.SYNC2, body, limit=limit, message_id=7)
     assert all(len(p) <= limit for p in parts)
     joiner = _wire.Reassembler(max_message=10_000, max_buffered=10_000)
