@@ -795,7 +795,7 @@ class Replica(Generic[T]):
     def _peer_gone(self, node: str, peer: _Peer) -> None:
         if peer.up:
             peer.up = False
-            peer.down_at = self._now
+            peer.down_at = self.state.now
             peer.synced = None
             self._events.append(Event(EventKind.NODE_DOWN, node, None, node, None))
         self.sync.abandon(node, "gone")
@@ -974,7 +974,7 @@ class Replica(Generic[T]):
             self._candidates.add(msg.sender)
             if self.sync.requesting():
                 pass
-            elif len(self._candidates) >= _HELLO_ANSWERS:
+            elif len(self._candidates) >= self._answers_expected():
                 self._hydrate_from_best(now)
             elif self._collect_at is None:
                 # Wait a moment for the other answers, to ask the least loaded.
@@ -982,6 +982,14 @@ class Replica(Generic[T]):
         else:
             self._unsynced_answers.add(msg.sender)
             self._weigh_evidence(now, final=False)
+
+    def _answers_expected(self) -> int:
+        """How many synced answers a joiner waits for (at most :data:`_COLLECT_MS`): about
+        :data:`_HELLO_ANSWERS` answer, fewer when the transport counts fewer others."""
+        others = self._evidence_others
+        if others is None:
+            return _HELLO_ANSWERS
+        return max(1, min(_HELLO_ANSWERS, others))
 
     def _hydrate_from_best(self, now: int) -> None:
         self._collect_at = None

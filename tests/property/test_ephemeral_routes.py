@@ -2,6 +2,9 @@
 pod's route table (a store of ephemeral entries) converges to the same routes: exactly
 the newest claim of each target whose owner is still alive.
 
+Each claim or release is awaited until every live pod has seen it, so that "newest" is
+the causal order the model assumes.
+
 Pods are real endpoints on a MemoryNetwork with fast heartbeats; each example takes a
 fraction of a second of wall time, so the number of examples is kept small.
 """
@@ -76,6 +79,14 @@ async def test_live_pods_converge_on_the_live_owners_newest_claims(
     async with anyio.create_task_group() as tg:
         cluster = Cluster(tg, open_transport)
 
+        async def everywhere(target: str, owner: str | None) -> None:
+            # "Newer" means causally after: the next operation starts once every live pod
+            # saw this one. (Two claims made within one millisecond by pods that have not
+            # heard of each other are concurrent; the higher node id wins, as in any LWW.)
+            await eventually(
+                lambda: all(cluster.pods[n].endpoint.routes().get(target) == owner for n in live)
+            )
+
         async def join() -> None:
             name = next(names)
             await cluster.start(name, **OPTIONS)
@@ -104,10 +115,12 @@ async def test_live_pods_converge_on_the_live_owners_newest_claims(
                 elif kind == "register":
                     await endpoint.register(op[2], "m", echo)
                     expected[op[2]] = name
+                    await everywhere(op[2], name)
                 else:
                     await endpoint.unregister(op[2])
                     if expected.get(op[2]) == name:
                         del expected[op[2]]
+                        await everywhere(op[2], None)
             if not live:
                 await join()
 

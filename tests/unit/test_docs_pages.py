@@ -17,7 +17,12 @@ import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["docs/callreply.md", "docs/durability.md", "docs/operations.md", "docs/transports/memory.md"]
+PAGES = [
+    "docs/callreply.md",
+    "docs/durability.md",
+    "docs/operations.md",
+    "docs/transports/memory.md",
+]
 
 _FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
 

@@ -630,7 +630,7 @@ def test_a_synced_peer_that_answers_hands_its_state_over() -> None:
     assert [(m.ask, m.synced) for m in hellos(sent, "b")] == [(True, False), (False, True)]
 
 
-def test_a_synced_replica_answers_hellos_with_probability_about_3_over_n() -> None:
+def test_a_synced_replica_answers_hellos_with_probability_about_4_over_n() -> None:
     a = synced_alone(replica("a"))
     for i in range(30):
         a.receive(wire.encode(wire.Hello(f"p{i}", i, T0, True, False, 0)), T0)
@@ -639,7 +639,7 @@ def test_a_synced_replica_answers_hellos_with_probability_about_3_over_n() -> No
         a.receive(wire.encode(wire.Hello("p0", 0, T0 + i, False, True, 0)), T0 + i)
     answers = [m for m in decoded(a.data_to_send()) if isinstance(m, wire.HelloAck)]
     assert all(m.synced for m in answers)
-    expected = asks * 3 / 30
+    expected = asks * 4 / 30
     assert 0.8 * expected <= len(answers) <= 1.2 * expected
     small = synced_alone(replica("s"))
     small.receive(wire.encode(wire.Hello("p0", 0, T0, False, True, 0)), T0)

@@ -63,6 +63,7 @@ async def test_a_store_opened_beside_a_live_one_holds_its_keys_on_entry() -> Non
 async def test_alone_on_a_counting_transport_a_store_is_synced_at_once() -> None:
     async with MemoryTransport() as tr:
         started = time.perf_counter()
+        store: Store[Any]
         async with Store("alone", tr, hydrate_timeout=30.0) as store:
             assert store.synced
         # The evidence (nobody else subscribes) decided, not the 30 s bound; this is a
@@ -111,7 +112,8 @@ async def test_three_successive_gaps_are_each_repaired_without_anti_entropy() ->
             await a.set(f"apart-{round_}", round_)
             assert f"apart-{round_}" not in b
             net.heal()  # a gap on both transports; nobody calls refresh()
-            await eventually(lambda r=round_: b.get(f"apart-{r}") == r, stores=[b])
+            key = f"apart-{round_}"
+            await eventually(lambda: b.get(key) == round_, stores=[b])  # noqa: B023
         assert b.snapshot() == a.snapshot()
 
 
@@ -216,7 +218,8 @@ async def test_a_merger_value_too_large_to_travel_is_refused_at_the_write() -> N
 
         async def grow() -> None:
             for i in range(1000):  # small deltas, until the whole state would not fit
-                await store.update("t", lambda s, i=i: s.add(f"more-{i:06}-" + "x" * 20))
+                item = f"more-{i:06}-" + "x" * 20
+                await store.update("t", lambda s: s.add(item))  # noqa: B023
 
         with pytest.raises(InvalidValue, match="limit of one message"):
             await grow()
