@@ -755,7 +755,7 @@ class NatsTransport(Service):
             )
         nc = self._nc
         if not self._connected or nc is None:
-            self._publish_failed()
+            self._publish_failed(topic)
             if self._gave_up:
                 raise TransportError(
                     f"the NATS connection is closed: gave up reconnecting to "
@@ -772,7 +772,7 @@ class NatsTransport(Service):
             else:
                 await self._publish_stored(subject, stream, message)
         except _WIRE_ERRORS as exc:
-            self._publish_failed()
+            self._publish_failed(topic)
             what = "publish" if stream is None else f"JetStream publish (stream {stream})"
             raise TransportError(
                 f"{what} to NATS at {self._where()} failed: {_cause(exc)}"
@@ -793,11 +793,13 @@ class NatsTransport(Service):
             await self._ensure_stream(stream, subject)
             await js.publish(subject, message, timeout=self._timeout)
 
-    def _publish_failed(self) -> None:
+    def _publish_failed(self, topic: str) -> None:
         self._stats.publish_errors += 1
-        # Peers cannot replay a message that never reached the stream: the next
-        # reconnect round reports a gap, so the store's sync carries it.
-        self._unpublished = True
+        if not _replay_not_needed(topic):
+            # Peers cannot replay a message that never reached them: the next reconnect
+            # round reports a gap, so the store's sync carries it. (What inboxes and
+            # liveness carry is retried by its own protocol.)
+            self._unpublished = True
 
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Subscribe to ``topic``: ``async with tr.subscribe(t) as messages: ...``.
