@@ -131,6 +131,8 @@ _LIVENESS_TOPIC: Final = "pl/live"
 _FOREVER: Final = -1
 _STREAM_NAME_OK: Final = re.compile(r"[^A-Za-z0-9_-]")
 
+# A subscription that keeps falling behind is reported (log, on_error) this often at most.
+_REPORT_EVERY: Final = 1.0
 # What a delivery to a local subscription did.
 _DELIVERED: Final = 0
 _REFUSED: Final = 1
@@ -322,7 +324,7 @@ def stream_name_for(subject: str) -> str:
 class _Local:
     """One local subscription: the stream its iterator reads, and its message checks."""
 
-    __slots__ = ("dropping", "opener", "send", "topic")
+    __slots__ = ("dropping", "opener", "reported_at", "send", "topic")
 
     def __init__(
         self, topic: str, send: MemoryObjectSendStream[bytes], opener: Opener | None
@@ -331,6 +333,7 @@ class _Local:
         self.send = send
         self.opener = opener  # checks each message before delivery, with secret=...
         self.dropping = False
+        self.reported_at = -math.inf
 
 
 class _Consumer:
@@ -1006,6 +1009,10 @@ class NatsTransport(Service):
             self._report_gap()  # its store must refresh to repair the loss
 
     def _fell_behind(self, local: _Local, what: str) -> None:
+        now = time.monotonic()
+        if now - local.reported_at < _REPORT_EVERY:
+            return  # counted in stats().messages_dropped; reported once a second at most
+        local.reported_at = now
         text = f"a subscription of {local.topic!r} fell {self._buffer} messages behind; {what}"
         _log.warning("%s", text)
         self._emit(self._on_error, TransportError(text))
