@@ -7,10 +7,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-import trio
 from nats.js.api import StorageType, StreamConfig
 
-from podshare.exceptions import ConfigurationError, MessageTooLarge, TransportError
+from podshare.exceptions import MessageTooLarge, TransportError
 from podshare.testing import check_transport
 from podshare.transport import NatsRemote, NatsTransport
 from podshare.transport.auth import OVERHEAD
@@ -233,11 +232,3 @@ async def test_jetstream_subjects_and_streams(nats_server: NatsServer) -> None:
         assert info.config.subjects == ["app.x.ps.orders"]
         assert info.config.max_msgs == default_stream_config().max_msgs
         assert info.state.messages == 1
-
-
-def test_trio_is_refused_with_a_clear_error() -> None:
-    async def main() -> None:
-        NatsTransport("nats://127.0.0.1:4222")
-
-    with pytest.raises(ConfigurationError, match="needs asyncio"):
-        trio.run(main)
