@@ -741,8 +741,9 @@ class NatsTransport(Service):
     async def publish(self, topic: str, message: bytes) -> None:
         """Publish ``message`` on ``topic``'s subject.
 
-        On core NATS this hands the message to the connection (NATS acknowledges
-        nothing); on a JetStream stream it waits until the stream has stored it.
+        On core NATS it returns once the server has the message (a PING answered after
+        it; delivery to subscribers follows, at most once); on a JetStream stream once
+        the stream has stored it.
 
         Raises:
             MessageTooLarge: ``message`` is above ``max_message_size`` (nothing is sent).
@@ -772,6 +773,10 @@ class NatsTransport(Service):
         try:
             if stream is None:
                 await nc.publish(subject, message)
+                # Waiting until the server has it makes a publish mean something (and
+                # a failure known); it also paces a store's flush rounds, so concurrent
+                # writes coalesce into batches instead of one message each.
+                await self._server_has_it()
             else:
                 await self._publish_stored(subject, stream, message)
         except _WIRE_ERRORS as exc:
@@ -954,13 +959,7 @@ class NatsTransport(Service):
             return  # subscribed on reconnection (nats-py replays it), a gap reported then
         self._confirming += 1
         try:
-            with anyio.fail_after(self._timeout):
-                # Twice: nats-py writes a flush's PING at once, ahead of the SUB still
-                # queued for its flusher task, so the first PONG proves nothing; by the
-                # time it arrives the flusher has written the SUB, and the second PING
-                # follows it on the wire.
-                for _ in range(2):
-                    await nc.flush(timeout=max(1, math.ceil(self._timeout)))
+            await self._server_has_it()
         except _WIRE_ERRORS as exc:
             if self._connected:
                 raise TransportError(
@@ -971,6 +970,19 @@ class NatsTransport(Service):
         finally:
             self._confirming -= 1
             self._changed()
+
+    async def _server_has_it(self) -> None:
+        """Return once the server has processed everything sent so far (two PINGs).
+
+        Twice: nats-py writes a flush's PING at once, ahead of the commands still
+        queued for its flusher task, so the first PONG proves nothing; by the time it
+        arrives the flusher has written them, and the second PING follows them.
+        """
+        nc = self._nc
+        assert nc is not None
+        with anyio.fail_after(self._timeout):
+            for _ in range(2):
+                await nc.flush(timeout=max(1, math.ceil(self._timeout)))
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         try:
