@@ -90,7 +90,7 @@ def _decode(token: str) -> str | None:
 
 
 class NatsKVPersistence:
-    """A [`Persistence`][podshare.persistence.base.Persistence] in a NATS JetStream KV bucket.
+    """A `Persistence` (see `podshare.persistence.base`) in a NATS JetStream KV bucket.
 
     Args:
         transport: the [`NatsTransport`][podshare.transport.nats.NatsTransport] whose

@@ -627,6 +627,10 @@ class NatsTransport(Service):
         self._state_changed: anyio.Event | None = None
         self._wake: anyio.Event | None = None
         self._confirming = 0  # subscriptions waiting for the server's confirmation
+        # Barriers (see _server_has_it): the subject, and the waiters by token.
+        self._barrier_subject: str | None = None
+        self._barrier_count = 0
+        self._barriers: dict[bytes, anyio.Event] = {}
         self._uncovered = 0  # core subscriptions whose losses JetStream cannot replay
         self._jetsubs: set[_JetSub] = set()
         self._streams: set[str] = set()  # streams known to exist
@@ -668,6 +672,14 @@ class NatsTransport(Service):
                 await _close_quietly(nc)
             raise
         self._nc = nc
+        try:
+            self._barrier_subject = nc.new_inbox()
+            await nc.subscribe(self._barrier_subject, cb=self._barrier_arrived)
+        except _WIRE_ERRORS as exc:
+            self._closing = True
+            with anyio.CancelScope(shield=True):
+                await _close_quietly(nc)
+            raise TransportError(f"NATS at {_server_list(self._servers)}: {_cause(exc)}") from exc
         self._on_connected()
         if self._stream_template is not None:
             self._js = nc.jetstream(timeout=self._timeout)
@@ -741,9 +753,9 @@ class NatsTransport(Service):
     async def publish(self, topic: str, message: bytes) -> None:
         """Publish ``message`` on ``topic``'s subject.
 
-        On core NATS it returns once the server has the message (a PING answered after
-        it; delivery to subscribers follows, at most once); on a JetStream stream once
-        the stream has stored it.
+        On core NATS it returns once the server has the message (a barrier message to
+        this transport's own inbox came back after it; delivery to subscribers follows,
+        at most once); on a JetStream stream once the stream has stored it.
 
         Raises:
             MessageTooLarge: ``message`` is above ``max_message_size`` (nothing is sent).
@@ -812,10 +824,10 @@ class NatsTransport(Service):
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Subscribe to ``topic``: ``async with tr.subscribe(t) as messages: ...``.
 
-        Entering waits until the server confirmed the subscription (a PING answered after
-        it; with JetStream, the consumer created), so every message published afterwards
-        is delivered. Entering while disconnected returns at once; the subscription is
-        made on reconnection, which reports a gap.
+        Entering waits until the server confirmed the subscription (a barrier message
+        came back after it; with JetStream, the consumer created), so every message
+        published afterwards is delivered. Entering while disconnected returns at once;
+        the subscription is made on reconnection, which reports a gap.
 
         Raises:
             TransportError: the server did not confirm the subscription within
@@ -952,7 +964,7 @@ class NatsTransport(Service):
                 await self._unsubscribe(sub)
 
     async def _confirm(self, subject: str) -> None:
-        """Wait for the server to have processed our SUB: a PING answered after it."""
+        """Wait for the server to have processed our SUB (a barrier after it)."""
         nc = self._nc
         assert nc is not None
         if not self._connected:
@@ -972,17 +984,35 @@ class NatsTransport(Service):
             self._changed()
 
     async def _server_has_it(self) -> None:
-        """Return once the server has processed everything sent so far (two PINGs).
+        """Return once the server has processed everything this connection sent so far.
 
-        Twice: nats-py writes a flush's PING at once, ahead of the commands still
-        queued for its flusher task, so the first PONG proves nothing; by the time it
-        arrives the flusher has written them, and the second PING follows them.
+        A barrier message to the transport's own inbox: the server handles a
+        connection's commands in order, so once the barrier comes back every earlier
+        PUB was routed and every earlier SUB registered. (Not nats-py's ``flush()``: its
+        PING overtakes the commands still queued, and a flush given up on leaves a
+        cancelled future that the late PONG trips over, stopping the client's reader.)
+
+        Raises:
+            TimeoutError: the barrier did not come back within ``timeout``.
+            nats.errors.Error: the connection refused the barrier.
         """
         nc = self._nc
         assert nc is not None
-        with anyio.fail_after(self._timeout):
-            for _ in range(2):
-                await nc.flush(timeout=max(1, math.ceil(self._timeout)))
+        assert self._barrier_subject is not None
+        self._barrier_count += 1
+        token = b"%d" % self._barrier_count
+        arrived = self._barriers[token] = anyio.Event()
+        try:
+            await nc.publish(self._barrier_subject, token)
+            with anyio.fail_after(self._timeout):
+                await arrived.wait()
+        finally:
+            self._barriers.pop(token, None)
+
+    async def _barrier_arrived(self, msg: Msg) -> None:
+        event = self._barriers.get(msg.data)
+        if event is not None:
+            event.set()
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         try:
@@ -1357,9 +1387,15 @@ class NatsTransport(Service):
         self._emit(self._on_connect, self._remote, False)
 
     async def _nats_error(self, exc: Exception) -> None:
+        if self.state == "opening":
+            # The failure to connect is raised, naming the cause: a refused login says
+            # more than the reset that often follows it, so it is kept.
+            if self._last_error is None or not _is_auth_error(self._last_error):
+                self._last_error = exc
+            return
         self._last_error = exc
-        if self._closing or self.state == "opening":
-            return  # opening: the failure to connect is raised, naming the cause
+        if self._closing:
+            return
         if isinstance(exc, nats.errors.SlowConsumerError):
             self._stats.messages_dropped += 1
             _log.warning("nats-py dropped a message for a slow subscription: %s", exc)
@@ -1478,6 +1514,10 @@ def _replay_not_needed(topic: str) -> bool:
     JetStream replayed everything else): node inboxes (requests are retried) and the
     liveness topic (heartbeats are periodic)."""
     return "#" in topic or topic == _LIVENESS_TOPIC
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
 
 
 def _have_nkeys() -> bool:

@@ -232,3 +232,31 @@ async def test_jetstream_subjects_and_streams(nats_server: NatsServer) -> None:
         assert info.config.subjects == ["app.x.ps.orders"]
         assert info.config.max_msgs == default_stream_config().max_msgs
         assert info.state.messages == 1
+
+
+@pytest.mark.anyio
+async def test_cancelled_publishes_leave_the_connection_working(nats_server: NatsServer) -> None:
+    """A publish cancelled while it waits for the server must not break the client (a
+    flush given up on used to leave a cancelled future that stopped nats-py's reader)."""
+    async with (
+        NatsTransport(nats_server.url) as tr,
+        NatsTransport(nats_server.url) as other,
+        tr.subscribe("t") as messages,
+    ):
+        for _ in range(50):
+            with anyio.move_on_after(0):
+                await tr.publish("t", b"cancelled")
+        for _ in range(50):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await tr.publish("t", b"cancelled")
+        await other.publish("t", b"still delivered")
+        with anyio.fail_after(TIMEOUT):
+            async for message in messages:
+                if message == b"still delivered":
+                    break
+        await tr.publish("t", b"and published")
+        with anyio.fail_after(TIMEOUT):
+            async for message in messages:
+                if message == b"and published":
+                    break
