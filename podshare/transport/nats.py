@@ -632,6 +632,7 @@ class NatsTransport(Service):
         self._barrier_count = 0
         self._barriers: dict[bytes, anyio.Event] = {}
         self._uncovered = 0  # core subscriptions whose losses JetStream cannot replay
+        self._locals: set[_Local] = set()  # every open subscription
         self._jetsubs: set[_JetSub] = set()
         self._streams: set[str] = set()  # streams known to exist
         # A reconnect round: open from a reconnect until every consumer has resumed.
@@ -712,7 +713,8 @@ class NatsTransport(Service):
             jsub.closed = True
             if jsub.consumer is not None:
                 jsub.consumer.active = False
-            jsub.local.send.close()
+        for local in self._locals:
+            local.send.close()  # every open subscription's iterator ends
         self._changed()
 
     # -- the Transport protocol ------------------------------------------------------
@@ -926,6 +928,7 @@ class NatsTransport(Service):
         local = _Local(topic, send, opener)
         stream = self.stream_for(topic)
         self._stats.subscriptions += 1
+        self._locals.add(local)
         try:
             with send, receive:
                 if stream is None:
@@ -935,6 +938,7 @@ class NatsTransport(Service):
                     async with self._jet(local, subject, stream):
                         yield _Messages(receive)
         finally:
+            self._locals.discard(local)
             self._stats.subscriptions -= 1
 
     @asynccontextmanager

@@ -260,3 +260,11 @@ async def test_cancelled_publishes_leave_the_connection_working(nats_server: Nat
             async for message in messages:
                 if message == b"and published":
                     break
+
+
+@pytest.mark.anyio
+async def test_closing_ends_open_subscriptions(nats_server: NatsServer) -> None:
+    async with NatsTransport(nats_server.url) as tr, tr.subscribe("t") as messages:
+        await tr.aclose()
+        with anyio.fail_after(TIMEOUT):
+            assert [message async for message in messages] == []
