@@ -44,6 +44,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, Final, Generic, TypeVar
 
 from podshare.crdt.clock import HLC, Stamp
@@ -80,6 +81,8 @@ _HELLO_BACKOFF_MAX: Final = 5_000
 _SKEW_REPORT_EVERY: Final = 60_000
 # Most store peers remembered (a bound no peer can push past).
 _MAX_PEERS: Final = 4096
+# Orders wire entries by stamp: (time, counter, origin).
+_STAMP_ORDER: Final = attrgetter("time", "counter", "origin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +636,8 @@ class Replica(Generic[T]):
             self._on_writes(msg, now)
         elif isinstance(msg, wire.SyncData):
             self.sync.on_data(msg, now)
+            if msg.entries:
+                self._observe(msg.entries)
         elif isinstance(msg, wire.SyncAck):
             self.sync.on_ack(msg, now)
         elif isinstance(msg, wire.SyncKeys):
@@ -668,8 +673,14 @@ class Replica(Generic[T]):
             if not entries:
                 return
             top = max(e.time for e in entries)
-        self._clock.observe(Stamp(top, 0, ""))
+        self._observe(entries)
         self.state.apply(entries, now)
+
+    def _observe(self, entries: Sequence[WireEntry]) -> None:
+        """Move the clock past the newest stamp received: its time, counter *and* origin,
+        so a write made after seeing it orders after it, even in the same millisecond."""
+        newest = max(entries, key=_STAMP_ORDER) if len(entries) > 1 else entries[0]
+        self._clock.observe(newest.stamp)
 
     def _refuse_future(self, entries: Sequence[WireEntry], now: int) -> list[WireEntry]:
         """Drop entries stamped more than twice ``max_clock_skew`` ahead (reported)."""
