@@ -44,6 +44,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, Final, Generic, TypeVar
 
 from podshare.crdt.clock import HLC, Stamp
@@ -89,6 +90,8 @@ _MAX_PEERS: Final = 4096
 _COLLECT_MS: Final = 50  # a joiner waits at most this long for more hello answers
 _TRANSFER_MEMORY_MS: Final = 60_000  # full transfers served this recently count as load
 _MAX_RETURNED: Final = 64  # peers remembered as "came back" between two recontact syncs
+# Orders wire entries by stamp: (time, counter, origin).
+_STAMP_ORDER: Final = attrgetter("time", "counter", "origin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,9 +664,11 @@ class Replica(Generic[T]):
             ):
                 # The common case: one write from a peer whose clock agrees with ours.
                 entry = entries[0]
-                if entry.time > self._observed:
+                if entry.time >= self._observed:
+                    # The whole stamp: a write made after this one, even in the same
+                    # millisecond, must order after it.
                     self._observed = entry.time
-                    self._clock.observe(Stamp(entry.time, 0, ""))
+                    self._clock.observe(Stamp(entry.time, entry.counter, entry.origin))
                 state.apply_one(entry, now)
             else:
                 self._on_writes(msg, now)
@@ -706,8 +711,14 @@ class Replica(Generic[T]):
             top = max(e.time for e in entries)
         if top > self._observed:
             self._observed = top
-            self._clock.observe(Stamp(top, 0, ""))
+        self._observe(entries)
         self.state.apply(entries, now)
+
+    def _observe(self, entries: Sequence[WireEntry]) -> None:
+        """Move the clock past the newest stamp received: its time, counter *and* origin,
+        so a write made after seeing it orders after it, even in the same millisecond."""
+        newest = max(entries, key=_STAMP_ORDER) if len(entries) > 1 else entries[0]
+        self._clock.observe(newest.stamp)
 
     def _bound_stamps(self, msg: wire.SyncData, now: int) -> wire.SyncData:
         """The clock rules of :meth:`_on_writes` for a part of an entry stream: entries too
@@ -724,7 +735,9 @@ class Replica(Generic[T]):
             if not entries:
                 return msg
             top = max(e.time for e in entries)
-        self._clock.observe(Stamp(top, 0, ""))
+        if top > self._observed:
+            self._observed = top
+        self._observe(entries)
         return msg
 
     def _refuse_future(self, entries: Sequence[WireEntry], now: int) -> list[WireEntry]:

@@ -38,6 +38,9 @@ __all__ = [
     "MemoryNetwork",
     "MemoryTransport",
     "MemoryTransportStats",
+    "NatsRemote",
+    "NatsStats",
+    "NatsTransport",
     "PeerConnection",
     "RedisRemote",
     "RedisStats",
@@ -49,6 +52,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from podshare.transport.nats import NatsRemote as NatsRemote
+    from podshare.transport.nats import NatsStats as NatsStats
+    from podshare.transport.nats import NatsTransport as NatsTransport
     from podshare.transport.redis import RedisRemote as RedisRemote
     from podshare.transport.redis import RedisStats as RedisStats
     from podshare.transport.redis import RedisTransport as RedisTransport
@@ -62,4 +68,9 @@ def __getattr__(name: str) -> object:
         from podshare.transport import redis
 
         return getattr(redis, name)
+    # Likewise the NATS transport and the ``nats`` extra (nats-py).
+    if name in ("NatsTransport", "NatsStats", "NatsRemote"):
+        from podshare.transport import nats
+
+        return getattr(nats, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

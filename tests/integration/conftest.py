@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests._nats import NatsCluster, NatsServer, nats_binary
 from tests._support import RedisServer, SentinelGroup, free_port
 
 # -- Redis -------------------------------------------------------------------------------
@@ -18,7 +19,16 @@ from tests._support import RedisServer, SentinelGroup, free_port
 
 
 # A test that starts a server must say so: `-m "not integration"` then runs no server.
-_SERVER_FIXTURES = frozenset({"redis_server", "restartable_redis", "tls_redis"})
+_SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "restartable_redis",
+        "tls_redis",
+        "nats_server",
+        "restartable_nats",
+        "nats_cluster",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,3 +122,37 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
         yield group
     finally:
         group.stop()
+
+
+# -- NATS ----------------------------------------------------------------------------------
+# Each fixture starts its own nats-server (with JetStream, its store in a temporary
+# directory) on a free loopback port; the machine's own server is never touched.
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server with JetStream shared by the tests that never restart it."""
+    server = NatsServer(nats_binary(), tmp_path_factory.mktemp("nats-shared"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def restartable_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own (JetStream on disk), which it may kill and restart."""
+    server = NatsServer(nats_binary(), tmp_path / "nats")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three routed nats-servers of the test's own, killed at teardown."""
+    cluster = NatsCluster(nats_binary(), tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
