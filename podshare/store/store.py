@@ -57,6 +57,7 @@ from podshare.exceptions import (
     DuplicateNodeId,
     InvalidValue,
     NotSynced,
+    PersistenceError,
     PodshareError,
     TransportError,
 )
@@ -598,13 +599,13 @@ class Store(Service, Generic[T]):
             ok = await self._persist_once()
             backoff = self._persist_interval if ok else min(2 * backoff, 30.0)
 
-    async def _persist_once(self) -> bool:
+    async def _persist_once(self, *, closing: bool = False) -> bool:
         backend = self._persistence
         replica = self._replica
         if backend is None or replica is None:
             return True
         now = _now_ms()
-        if not self._is_persist_writer():
+        if not closing and not self._is_persist_writer():
             self._persist_writer = False
             replica.persist_changes(now)  # the writer persists them; forget them here
             return True
@@ -695,10 +696,15 @@ class Store(Service, Generic[T]):
         replica = self._replica
         if replica is None:
             return
+        # Decided before leaving (the elected writer is the lowest live member, this one
+        # included): a clean close writes what the interval had not.
+        persist = self._persistence is not None and (
+            self._persist_writer or self._is_persist_writer()
+        )
         replica.leave(_now_ms())
         await self._flush_round()
-        if self._persistence is not None and (self._persist_writer or not self._persistence.shared):
-            await self._persist_once()
+        if persist:
+            await self._persist_once(closing=True)
         agent = self._agent
         if agent is not None and agent.detach(self):
             for to, data in agent.goodbye():
@@ -1109,6 +1115,10 @@ class Store(Service, Generic[T]):
     def _on_gap(self) -> None:
         # Always the current event: a gap during a repair schedules another repair.
         self._gap_event.set()
+        # A shared backend may have restarted empty with the transport's server (a Redis
+        # without its own persistence): the next write rewrites the whole state, or only
+        # the changes made since would be there.
+        self._persist_writer = False
 
     # --- background tasks ----------------------------------------------------------
 
@@ -1274,7 +1284,7 @@ class _Watching(AbstractAsyncContextManager["Watch[T]"], Generic[T]):
 
 
 def _persistence_error(what: str, name: str, exc: BaseException) -> PodshareError:
-    error = TransportError(
+    error = PersistenceError(
         f"store {name!r}: {what} its persisted state failed ({type_name(exc)}: {exc}); "
         "writes go on, and the state is written once the backend is back"
     )

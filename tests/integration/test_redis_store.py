@@ -212,7 +212,7 @@ async def test_failover_loses_no_write(restartable_redis: RedisServer) -> None:
         assert all(f >= 3 * kills for f in failed_total)
         await eventually(same_everywhere(stores, written), stores=stores, timeout=TIMEOUT)
         for transport in transports:
-            stats = transport.statistics()
+            stats = transport.stats()
             # A pod still backing off from one outage may sleep through the next one.
             assert 1 <= stats.reconnects <= kills
             assert stats.gaps_reported >= stats.reconnects
