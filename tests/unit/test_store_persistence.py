@@ -250,4 +250,4 @@ async def test_after_a_gap_the_writer_rewrites_a_shared_backend_that_came_back_e
 async def test_persistence_true_is_refused_with_a_hint() -> None:
     async with MemoryTransport() as tr:
         with pytest.raises(ConfigurationError, match="MemoryPersistence"):
-            Store("app", tr, persistence=True)  # type: ignore[arg-type]
+            Store("app", tr, persistence=True)
