@@ -1125,10 +1125,15 @@ class Replica(Generic[T]):
             for key in keys:
                 dirty.setdefault(key, now)
 
-    def load(self, persisted: PersistedState, now: int) -> int:
-        """Join a persisted state into this replica (before it hydrates); returns how many
-        entries it held. Corrupt records are skipped, counted and reported; the horizon
-        adopts the persisted vector, so deletes stay deleted across a cold restart."""
+    def load(self, persisted: PersistedState, now: int, *, live: bool = False) -> int:
+        """Join a persisted state into this replica; returns how many entries it held.
+
+        Corrupt records are skipped, counted and reported; the horizon adopts the
+        persisted vector, so deletes stay deleted across a cold restart. At open (the
+        default) nothing is announced; ``live``: the replica is in use (a writer taking
+        over a shared backend joins what it holds), so watchers see what changes, and
+        ``persist_loaded`` (entries loaded at open) is left alone.
+        """
         self.state.now = now
         entries: list[WireEntry] = []
         for key, data in persisted.records.items():
@@ -1144,7 +1149,7 @@ class Replica(Generic[T]):
         if entries:
             top = max(e.time for e in entries)
             self._clock.observe(Stamp(min(top, now + self.options.max_clock_skew_ms), 0, ""))
-            emit, self.state.emit = self.state.emit, False
+            emit, self.state.emit = self.state.emit, self.state.emit and live
             dirty, self.state.dirty = self.state.dirty, None
             try:
                 self.state.apply(entries, now)
@@ -1158,7 +1163,8 @@ class Replica(Generic[T]):
                 self._errors.append(DecodeError(f"persisted meta record skipped: {exc}"))
             else:
                 self.horizon.merge(vector, now)
-        self.stats.persist_loaded += len(entries)
+        if not live:
+            self.stats.persist_loaded += len(entries)
         return len(entries)
 
     # --- time ------------------------------------------------------------------------

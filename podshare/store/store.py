@@ -610,16 +610,21 @@ class Store(Service, Generic[T]):
             replica.persist_changes(now)  # the writer persists them; forget them here
             return True
         full = not self._persist_writer and backend.shared
-        records, meta = replica.persist_changes(now, everything=full)
         if full:
-            # Taking over a shared backend: make it this replica's state exactly.
+            # Taking over a shared backend: join what it holds (another writer's work this
+            # replica may lack, or everything, if loading at open had failed), then write
+            # the whole joined state. Nothing it holds is dropped unless this replica
+            # knows it deleted.
             try:
                 current = await backend.load(self._name)
             except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
-                replica.changes_failed(records, now)
                 return self._persist_failed("loading", exc)
+            replica.load(current, now, live=True)
+            self._after()
+        records, meta = replica.persist_changes(now, everything=full)
+        if full:
             for key in current.records:
-                records.setdefault(key, None)
+                records.setdefault(key, None)  # refused by the horizon: deleted here
         if not records and not full:
             return True
         try:

@@ -251,3 +251,25 @@ async def test_persistence_true_is_refused_with_a_hint() -> None:
     async with MemoryTransport() as tr:
         with pytest.raises(ConfigurationError, match="MemoryPersistence"):
             Store("app", tr, persistence=True)
+
+
+async def test_a_writer_whose_load_failed_joins_the_backend_instead_of_wiping_it() -> None:
+    """Loading at open failed (the backend was down): when the store later takes over
+    writing, it joins what the backend holds (watchers see it) and keeps it there."""
+    p = MemoryPersistence()
+    async with pod(MemoryNetwork(), "old", p) as old:
+        await old.set_many({"x": 1, "y": 2})
+    p.fail_loads = True
+    async with pod(MemoryNetwork(), "new", p) as new:
+        assert new.snapshot() == {}
+        async with new.watch() as events:
+            p.fail_loads = False
+            await new.set("z", 3)
+            await p.wait_until(lambda: persisted_keys(p) == {"x", "y", "z"})
+            await eventually(lambda: new.snapshot() == {"x": 1, "y": 2, "z": 3}, stores=[new])
+            seen = set()
+            with anyio.fail_after(5):
+                async for event in events:
+                    seen.add(event.key)
+                    if seen >= {"x", "y"}:
+                        break
