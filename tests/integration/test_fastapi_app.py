@@ -14,11 +14,17 @@ pytestmark = pytest.mark.integration
 for _module in ("fastapi", "uvicorn", "websockets", "pydantic", "redis"):
     pytest.importorskip(_module, reason=f"the examples extra ({_module}) is not installed")
 
+import redis  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 
 @pytest.fixture
 def pods(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    # The shared server keeps what earlier tests persisted (Redis persistence is the
+    # default): these pods start from an empty fleet.
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
     env = {"PODSHARE_REDIS_URL": redis_server.url}
     started = [
         ServerProcess("fastapi_app.py", ["serve"], {**env, "POD_NAME": name})

@@ -14,11 +14,16 @@ from tests.integration._servers import ServerProcess, poll
 pytestmark = pytest.mark.integration
 
 pytest.importorskip("flask", reason="the examples extra (Flask) is not installed")
-pytest.importorskip("redis", reason="the redis extra is not installed")
+redis = pytest.importorskip("redis", reason="the redis extra is not installed")
 
 
 @pytest.fixture
 def pods(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    # The shared server keeps what earlier tests persisted (Redis persistence is the
+    # default): these pods start from an empty fleet.
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
     env = {"PODSHARE_REDIS_URL": redis_server.url}
     started = [
         ServerProcess("flask_app.py", ["serve"], {**env, "POD_NAME": name})

@@ -601,7 +601,10 @@ async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster,
             if how == "cancel":
                 await eventually(lambda: started + busy == 200)
                 tg.cancel_scope.cancel()
-    assert (started, busy) == (4, 196)
+    assert started == 4
+    # Under "deadline" a busy answer may come after its caller's 50 ms on a loaded
+    # machine; the owner's count below is exact either way.
+    assert busy == 196 if how == "cancel" else busy <= 196
     if how == "cancel":
         assert b.stats().cancels_sent == 4
         # The cancels are in a's inbox before the next request: nothing to wait for.
@@ -610,7 +613,7 @@ async def test_cancelled_callers_free_the_owners_slots_at_once(cluster: Cluster,
     else:
         # Right after the cancellations, long before the 30 s budget: served, not busy.
         assert await b.call("t", "echo", b"next", timeout=5) == b"echo:next"
-    assert a.stats().requests_busy == 196
+    await eventually(lambda: a.stats().requests_busy == 196)
 
 
 # --- deadlines travel with the call (issue 17) --------------------------------------
