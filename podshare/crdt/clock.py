@@ -211,6 +211,22 @@ class HLC:
             self._last = remote
         return False
 
+    def witness(self, time: int, counter: int, origin: str) -> None:
+        """:meth:`observe` of ``Stamp(time, counter, origin)`` for a caller that checked
+        ``time`` is at most ``max_skew_ms`` ahead of the wall clock (a received write's
+        fast path): no stamp is built unless it is newer, and no bound is computed.
+
+        Example:
+            >>> clock = HLC("a", time_source=lambda: 0)
+            >>> clock.witness(10, 3, "b")
+            >>> clock.now()
+            Stamp(time=10, counter=4, origin='a')
+        """
+        last = self._last
+        t = last.time
+        if time > t or (time == t and (counter, origin) > (last.counter, last.origin)):
+            self._last = Stamp(time, counter, origin)
+
     def peek(self) -> int:
         """The time every stamp issued from now on will be at or after (no stamp is issued)."""
         return max(self._time_source(), self._last.time)

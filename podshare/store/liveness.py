@@ -28,8 +28,9 @@ import anyio
 import anyio.abc
 
 from podshare.exceptions import PodshareError
+from podshare.store import wire
 from podshare.store.membership import LIVE_TOPIC, LivenessOptions, MemberEvent, Membership, inbox_of
-from podshare.transport.base import GapReporting, Transport, max_message_size
+from podshare.transport.base import EchoSkipping, GapReporting, Transport, max_message_size
 
 __all__ = ["LivenessAgent", "LivenessUser", "agent_for"]
 
@@ -171,8 +172,17 @@ class LivenessAgent:
         self._scope = scope
         with scope:
             transport = self.transport
+            broadcast_subscription = (
+                transport.subscribe_skipping(
+                    LIVE_TOPIC,
+                    prefix=wire.echo_prefix(self.node_id, self.nonce),
+                    offset=wire.ECHO_OFFSET,
+                )
+                if isinstance(transport, EchoSkipping)
+                else transport.subscribe(LIVE_TOPIC)
+            )
             async with (
-                transport.subscribe(LIVE_TOPIC) as broadcast,
+                broadcast_subscription as broadcast,
                 transport.subscribe(inbox_of(self.node_id)) as inbox,
                 anyio.create_task_group() as tg,
             ):

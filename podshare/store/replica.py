@@ -240,8 +240,6 @@ class Replica(Generic[T]):
         self._limit = options.max_message_size - ENVELOPE_SLACK
         self._max_size = options.max_message_size
         self._skew = options.max_clock_skew_ms
-        # The highest remote stamp time the clock has observed (it only moves forward).
-        self._observed = 0
         self.horizon = Horizon(node_id, started_at=now, hard_cap_ms=options.tombstone_hard_cap_ms)
         self.state: MapState[T] = MapState(
             node_id,
@@ -638,7 +636,7 @@ class Replica(Generic[T]):
         stats.messages_received += 1
         stats.bytes_received += len(data)
         try:
-            msg = _decode(data, self.node_id, self.nonce, max_size=self._max_size)
+            msg = _decode(data, self.node_id, self.nonce, self._max_size)
         except ProtocolError as exc:
             stats.decode_errors += 1
             self._errors.append(exc)
@@ -657,18 +655,12 @@ class Replica(Generic[T]):
                 return
         if type(msg) is _Writes:
             entries = msg.entries
-            if (
-                len(entries) == 1
-                and msg.sent_at <= now + self._skew
-                and entries[0].time <= now + self._skew
-            ):
-                # The common case: one write from a peer whose clock agrees with ours.
-                entry = entries[0]
-                if entry.time >= self._observed:
-                    # The whole stamp: a write made after this one, even in the same
-                    # millisecond, must order after it.
-                    self._observed = entry.time
-                    self._clock.observe(Stamp(entry.time, entry.counter, entry.origin))
+            bound = now + self._skew
+            if len(entries) == 1 and msg.sent_at <= bound and (entry := entries[0]).time <= bound:
+                # The common case: one write from a peer whose clock agrees with ours. The
+                # clock witnesses the whole stamp: a write made after this one, even in
+                # the same millisecond, must order after it.
+                self._clock.witness(entry.time, entry.counter, entry.origin)
                 state.apply_one(entry, now)
             else:
                 self._on_writes(msg, now)
@@ -708,9 +700,6 @@ class Replica(Generic[T]):
             entries = self._refuse_future(entries, now)
             if not entries:
                 return
-            top = max(e.time for e in entries)
-        if top > self._observed:
-            self._observed = top
         self._observe(entries)
         self.state.apply(entries, now)
 
@@ -734,9 +723,6 @@ class Replica(Generic[T]):
             )  # fmt: skip
             if not entries:
                 return msg
-            top = max(e.time for e in entries)
-        if top > self._observed:
-            self._observed = top
         self._observe(entries)
         return msg
 
@@ -950,13 +936,15 @@ class Replica(Generic[T]):
         if not msg.ask:
             return
         if self._synced:
-            # About _HELLO_ANSWERS synced replicas answer, fewer of those already serving:
-            # the fleet's size is the larger of the store's peers and the live processes
-            # (a replica that was written to by few peers knows few of them).
+            # About _HELLO_ANSWERS synced replicas answer, fewer of those serving or that
+            # served full transfers lately: the fleet's size is the larger of the store's
+            # peers and the live processes (a replica that was written to by few peers
+            # knows few of them).
             live = sum(1 for p in self._peers.values() if p.up)
             if self._live_nodes is not None:
                 live = max(live, len(set(self._live_nodes())) - 1)
-            if self._rng.random() * max(1, live) * (1 + len(self.sync.serving)) >= _HELLO_ANSWERS:
+            load = 1 + self._recent_transfers(now)
+            if self._rng.random() * max(1, live) * load >= _HELLO_ANSWERS:
                 return  # enough others answer, on average
         elif any(p.up and p.synced for p in self._peers.values()):
             return  # a synced peer will answer; an unsynced answer is no evidence then

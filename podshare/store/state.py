@@ -100,7 +100,9 @@ class MapState(Generic[T]):
         "_expiring",
         "_hashes",
         "_liveness",
+        "_stale",
         "_tombs",
+        "_tree",
         "codec",
         "dirty",
         "emit",
@@ -116,7 +118,6 @@ class MapState(Generic[T]):
         "now",
         "retracted",
         "stats",
-        "tree",
         "values",
     )
 
@@ -148,7 +149,7 @@ class MapState(Generic[T]):
         self.values: dict[str, T] = {}
         #: Every entry, tombstones included: a WireEntry (LWW) or a MergedEntry.
         self.entries: dict[str, Any] = {}
-        self.tree = DigestTree()
+        self._tree = DigestTree()
         #: (owner, owner nonce) -> keys of its live ephemeral entries.
         self.ephemeral: dict[tuple[str, int], set[str]] = {}
         #: Whether SET/DELETE/EXPIRED events are built for remote changes (watchers).
@@ -167,6 +168,10 @@ class MapState(Generic[T]):
         # Merger entries: key -> state hash in the tree; keys whose hash is stale.
         self._hashes: dict[str, int] = {}
         self._dirty: set[str] = set()
+        # Last-writer-wins keys changed since the last digest, each with the entry whose
+        # hash the tree holds (None: none). Hashes are computed when a digest is asked
+        # for, once per key however often it changed: a write costs no hashing.
+        self._stale: dict[str, WireEntry | None] = {}
 
     # --- reading ---------------------------------------------------------------------
 
@@ -205,12 +210,44 @@ class MapState(Generic[T]):
             e.wire = self.codec.encode(e.value)
         return e.wire  # type: ignore[no-any-return]
 
+    @property
+    def tree(self) -> DigestTree:
+        """The digest tree of every entry, brought up to date (see :meth:`refresh_digest`)."""
+        if self._stale or self._dirty:
+            self.refresh_digest()
+        return self._tree
+
     def refresh_digest(self) -> None:
-        """Fold merger entries changed since the last digest into the tree."""
+        """Fold the entries changed since the last digest into the tree."""
+        stale = self._stale
+        if stale:
+            tree, entries = self._tree, self.entries
+            for key, was in stale.items():
+                now = entries.get(key)
+                if now is was:
+                    continue
+                kc = _crc32(key.encode())
+                if now is None:
+                    assert was is not None
+                    tree.remove(
+                        key, entry_hash(kc, was.time, was.counter, was.origin, was.flags, was.value)
+                    )
+                    continue
+                h = entry_hash(kc, now.time, now.counter, now.origin, now.flags, now.value)
+                if was is None:
+                    tree.add(key, h, kc)
+                else:
+                    tree.change(
+                        key,
+                        entry_hash(kc, was.time, was.counter, was.origin, was.flags, was.value),
+                        h,
+                        kc,
+                    )
+            stale.clear()
         dirty = self._dirty
         if not dirty:
             return
-        tree, hashes, entries = self.tree, self._hashes, self.entries
+        tree, hashes, entries = self._tree, self._hashes, self.entries
         for key in dirty:
             e = entries.get(key)
             if e is None:
@@ -269,13 +306,9 @@ class MapState(Generic[T]):
             if keys is not None:
                 keys.discard(key)
         if type(new) is WireEntry:
-            kc = _crc32(key.encode())
-            h = entry_hash(kc, new.time, new.counter, new.origin, new.flags, new.value)
-            if old is None:
-                self.tree.add(key, h, kc)
-            else:
-                was = entry_hash(kc, old.time, old.counter, old.origin, old.flags, old.value)
-                self.tree.change(key, was, h, kc)
+            stale = self._stale
+            if key not in stale:
+                stale[key] = old
             flags = new.flags
             if flags & EPHEMERAL and not flags & TOMBSTONE:
                 # (EPHEMERAL entries always carry their owner's nonce; checked on receipt.)
@@ -293,9 +326,9 @@ class MapState(Generic[T]):
         if dirty is not None and key not in dirty:
             dirty[key] = self.now
         if type(old) is WireEntry:
-            self.tree.remove(
-                key, lww_hash(key, old.time, old.counter, old.origin, old.flags, old.value)
-            )
+            stale = self._stale
+            if key not in stale:
+                stale[key] = old
             if old.flags & EPHEMERAL:
                 keys = self.ephemeral.get((old.origin, old.owner_nonce or 0))
                 if keys is not None:
@@ -303,7 +336,7 @@ class MapState(Generic[T]):
         else:
             h = self._hashes.pop(key, None)
             if h is not None:
-                self.tree.remove(key, h)
+                self._tree.remove(key, h)
             self._dirty.discard(key)
         return old
 
@@ -400,13 +433,14 @@ class MapState(Generic[T]):
             self.apply((we,), now)
             return
         key = we.key
-        cur = self.entries.get(key)
+        entries = self.entries
+        cur = entries.get(key)
         stats = self.stats
         if cur is None:
             if self.horizon.holds(we.origin, we.time, now):
                 stats.writes_refused += 1
                 return
-        elif not _newer(we, cur):
+        elif we.time <= cur.time and not _newer(we, cur):
             stats.writes_stale += 1
             return
         try:
@@ -417,7 +451,13 @@ class MapState(Generic[T]):
             return
         stats.writes_applied += 1
         if cur is None or not cur.flags:
-            self._install_plain(key, we, cur, value)
+            # _install_plain, inlined: no index but the digest to keep in step.
+            entries[key] = we
+            self.values[key] = value
+            dirty = self.dirty
+            if dirty is not None and key not in dirty:
+                dirty[key] = now
+            self._stale.setdefault(key, cur)
         else:
             self._install(key, we, cur, value)
         if self.emit:
@@ -433,14 +473,9 @@ class MapState(Generic[T]):
         dirty = self.dirty
         if dirty is not None and key not in dirty:
             dirty[key] = self.now
-        kc = _crc32(key.encode())
-        h = entry_hash(kc, new.time, new.counter, new.origin, 0, new.value)
-        if old is None:
-            self.tree.add(key, h, kc)
-        else:
-            self.tree.change(
-                key, entry_hash(kc, old.time, old.counter, old.origin, 0, old.value), h, kc
-            )
+        stale = self._stale
+        if key not in stale:
+            stale[key] = old
 
     def apply(
         self, batch: Sequence[WireEntry], now: int, drops: list[WireEntry] | None = None
@@ -468,7 +503,8 @@ class MapState(Generic[T]):
         values = self.values
         decode = self.codec.decode
         holds = self.horizon.holds
-        tree_add = self.tree.add
+        tree_add = self._tree.add
+        unhashed = self._stale
         crc32 = _crc32
         emit = self.emit
         dirty = self.dirty
@@ -507,8 +543,11 @@ class MapState(Generic[T]):
                 # The hydration fast path: nothing to unlink, nothing to index.
                 entries[key] = we
                 values[key] = value
-                kc = crc32(key.encode())
-                tree_add(key, entry_hash(kc, we.time, we.counter, we.origin, 0, we.value), kc)
+                if key in unhashed:
+                    pass  # the tree's entry for it is recorded: folded at the next digest
+                else:
+                    kc = crc32(key.encode())
+                    tree_add(key, entry_hash(kc, we.time, we.counter, we.origin, 0, we.value), kc)
                 if dirty is not None and key not in dirty:
                     dirty[key] = now
             else:

@@ -62,6 +62,7 @@ from podshare.exceptions import (
     TransportError,
 )
 from podshare.persistence.base import Persistence
+from podshare.store import wire
 from podshare.store.codec import Codec, ValueCodec, value_codec
 from podshare.store.events import Event, Stats
 from podshare.store.liveness import LivenessAgent, agent_for
@@ -71,6 +72,7 @@ from podshare.store.sync import SyncFinished
 from podshare.store.watch import Watch, WatcherRegistry, check_buffer
 from podshare.transport.base import (
     ClusterReadiness,
+    EchoSkipping,
     GapReporting,
     SubscriberCounting,
     Transport,
@@ -1128,7 +1130,19 @@ class Store(Service, Generic[T]):
     # --- background tasks ----------------------------------------------------------
 
     async def _reader(self, topic: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with self._transport.subscribe(topic) as messages:
+        replica = self._require_replica()
+        transport = self._transport
+        subscription = (
+            # Its own broadcasts are not delivered to it: no wake-up for an echo.
+            transport.subscribe_skipping(
+                topic,
+                prefix=wire.echo_prefix(self._node_id, replica.nonce),
+                offset=wire.ECHO_OFFSET,
+            )
+            if topic == self._topic and isinstance(transport, EchoSkipping)
+            else transport.subscribe(topic)
+        )
+        async with subscription as messages:
             task_status.started()
             apply = self._apply
             async for data in messages:

@@ -62,6 +62,7 @@ from podshare.crdt.clock import MAX_COUNTER, MAX_ORIGIN_LENGTH, MAX_TIME, Stamp
 from podshare.exceptions import DecodeError, FrameTooLarge
 
 __all__ = [
+    "ECHO_OFFSET",
     "EPHEMERAL",
     "EXPIRING",
     "MERGED",
@@ -89,6 +90,7 @@ __all__ = [
     "Writes",
     "decode",
     "decode_unless_own",
+    "echo_prefix",
     "encode",
     "encode_raw",
     "entry_list",
@@ -595,8 +597,30 @@ def decode(data: bytes, *, max_size: int) -> Message:
     return msg
 
 
+#: Where the sender and nonce of every encoded message start: after the array header
+#: (one byte: no message has 16 fields) and the tag (``0xcd`` and two bytes).
+ECHO_OFFSET: Final = 4
+
+
+def echo_prefix(sender: str, nonce: int) -> bytes:
+    """The bytes at [`ECHO_OFFSET`][podshare.store.wire.ECHO_OFFSET] of every message
+    ``(sender, nonce)`` encodes: what an echo-skipping subscription leaves out.
+
+    The sender's string header carries its length, so no other sender's messages (nor
+    another incarnation's: the nonce follows) start with them.
+
+    Example:
+        >>> data = encode(Leave("pod-a", 9))
+        >>> data.startswith(echo_prefix("pod-a", 9), ECHO_OFFSET)
+        True
+        >>> data.startswith(echo_prefix("pod-", 9), ECHO_OFFSET)
+        False
+    """
+    return _encoder.encode(sender) + _encoder.encode(nonce)
+
+
 def decode_unless_own(
-    data: bytes | bytearray | memoryview, own: str | None, nonce: int, *, max_size: int
+    data: bytes | bytearray | memoryview, own: str | None, nonce: int, max_size: int
 ) -> Message | None:
     """:func:`decode`, but ``None`` (the body left undecoded) for this node's own echo.
 
@@ -611,7 +635,7 @@ def decode_unless_own(
         >>> decode_unless_own(data, "pod-a", 10, max_size=64).nonce
         9
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if type(data) is not bytes and not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"message must be bytes, not {type(data).__name__}")
     size = len(data)
     if size > max_size:

@@ -11,6 +11,7 @@ from podshare.transport.auth import Authenticated as Authenticated
 from podshare.transport.auth import Authenticator as Authenticator
 from podshare.transport.auth import AuthStats as AuthStats
 from podshare.transport.base import ClusterReadiness as ClusterReadiness
+from podshare.transport.base import EchoSkipping as EchoSkipping
 from podshare.transport.base import GapListeners as GapListeners
 from podshare.transport.base import GapReporting as GapReporting
 from podshare.transport.base import SubscriberCounting as SubscriberCounting
@@ -32,6 +33,7 @@ __all__ = [
     "ClusterReadiness",
     "DNSDiscoverer",
     "DNSStats",
+    "EchoSkipping",
     "FaultPlan",
     "GapListeners",
     "GapReporting",

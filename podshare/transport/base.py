@@ -35,6 +35,11 @@ below:
   announced; memory: the network's table), or ``None`` when it cannot tell. A joining
   store uses it as evidence: with other subscribers it waits for them (up to
   ``hydrate_timeout``); with none, the cluster is empty and it is synced at once.
+- `EchoSkipping`: ``subscribe_skipping(topic, prefix=..., offset=...)`` subscribes
+  like ``subscribe`` but leaves out the messages whose bytes at ``offset`` start with
+  ``prefix``: a store passes the header its own messages carry, so its task is not
+  woken for its own echoes (a sequential writer's cost halves). Without it the store
+  recognises and drops its echoes itself.
 - ``max_message_size`` (an ``int`` attribute): the largest message ``publish`` accepts;
   stores split their batches and sync chunks below it. Absent means
   :data:`DEFAULT_MAX_MESSAGE_SIZE`.
@@ -47,14 +52,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
+from podshare.exceptions import ConfigurationError
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "ClusterReadiness",
+    "EchoSkipping",
     "GapListeners",
     "GapReporting",
     "SubscriberCounting",
     "Transport",
+    "check_skip",
     "max_message_size",
+    "skips",
 ]
 
 _log = logging.getLogger("podshare.transport")
@@ -122,6 +132,43 @@ class SubscriberCounting(Protocol):
         "Other" excludes this process's own subscriptions, however many it holds.
         """
         ...
+
+
+@runtime_checkable
+class EchoSkipping(Protocol):
+    """A transport that can leave a subscriber's own messages out of its subscription."""
+
+    def subscribe_skipping(
+        self, topic: str, *, prefix: bytes, offset: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """As ``subscribe(topic)``, but messages whose bytes at ``offset`` start with
+        ``prefix`` are not delivered to this subscription (the other subscriptions of
+        ``topic``, in this process and elsewhere, still get them)."""
+        ...
+
+
+def check_skip(prefix: object, offset: object) -> tuple[int, bytes]:
+    """Validate the arguments of ``subscribe_skipping``; return them as a pair.
+
+    Raises:
+        ConfigurationError: ``prefix`` is not non-empty bytes, or ``offset`` not an
+            int >= 0.
+    """
+    if not isinstance(prefix, bytes) or not prefix:
+        raise ConfigurationError(f"prefix must be non-empty bytes, not {prefix!r}")
+    if type(offset) is not int or offset < 0:
+        raise ConfigurationError(f"offset must be an int >= 0, not {offset!r}")
+    return offset, prefix
+
+
+def skips(message: bytes, skip: tuple[int, bytes] | None) -> bool:
+    """Whether ``message`` is one an `EchoSkipping` subscription leaves out.
+
+    Example:
+        >>> skips(b"..ab..", (2, b"ab")), skips(b"..ab..", (1, b"ab")), skips(b"x", None)
+        (True, False, False)
+    """
+    return skip is not None and message.startswith(skip[1], skip[0])
 
 
 class GapListeners:

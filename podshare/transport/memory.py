@@ -51,7 +51,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from podshare._counters import StatsRecord
 from podshare._service import DEFAULT_CLOSE_TIMEOUT, Service
 from podshare.exceptions import ConfigurationError, MessageTooLarge, TransportError
-from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
+from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners, check_skip
 
 __all__ = [
     "FaultPlan",
@@ -310,13 +310,21 @@ class _Subscription:
         "overflowed",
         "receive",
         "send",
+        "skip",
         "topic",
         "transport",
     )
 
-    def __init__(self, transport: MemoryTransport, topic: str, buffer_size: int) -> None:
+    def __init__(
+        self,
+        transport: MemoryTransport,
+        topic: str,
+        buffer_size: int,
+        skip: tuple[int, bytes] | None = None,
+    ) -> None:
         self.transport = transport
         self.topic = topic
+        self.skip = skip
         self.send: MemoryObjectSendStream[bytes]
         self.receive: MemoryObjectReceiveStream[bytes]
         self.send, self.receive = anyio.create_memory_object_stream[bytes](buffer_size)
@@ -326,6 +334,9 @@ class _Subscription:
 
     def put(self, message: bytes) -> bool:
         """Buffer ``message``; False when the buffer is full or closed (never blocks)."""
+        skip = self.skip
+        if skip is not None and message.startswith(skip[1], skip[0]):
+            return True  # the subscriber's own message: left out, as it asked
         try:
             self.send.send_nowait(message)
         except anyio.WouldBlock:
@@ -539,12 +550,23 @@ class MemoryTransport(Service):
             ClosedError: on entering, when the transport is not open.
         """
         _check_topic(topic)
-        return self._subscribe(topic)
+        return self._subscribe(topic, None)
+
+    def subscribe_skipping(
+        self, topic: str, *, prefix: bytes, offset: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """As [`subscribe`][podshare.transport.MemoryTransport.subscribe], leaving out
+        the messages whose bytes at ``offset`` start with ``prefix`` (see
+        [`EchoSkipping`][podshare.transport.EchoSkipping])."""
+        _check_topic(topic)
+        return self._subscribe(topic, check_skip(prefix, offset))
 
     @asynccontextmanager
-    async def _subscribe(self, topic: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _subscribe(
+        self, topic: str, skip: tuple[int, bytes] | None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         self._check_open()
-        sub = _Subscription(self, topic, self._buffer_size)
+        sub = _Subscription(self, topic, self._buffer_size, skip)
         self._subscriptions[id(sub)] = sub
         self.network._subscriptions.setdefault(topic, {})[id(sub)] = sub
         try:
