@@ -188,7 +188,7 @@ class Store(Service, Generic[T]):
             and no tombstone is kept longer (see "Tombstones" in the concepts page).
         compaction_interval: seconds between tombstone compactions.
         hydrate_timeout: the longest ``async with`` waits for peers to hand over state.
-        require_sync: raise [`NotSynced`][podshare.NotSynced] from ``async with`` when
+        require_sync: raise [`NotSynced`][podshare.exceptions.NotSynced] from ``async with`` when
             ``hydrate_timeout`` passes before the store is synced.
         max_clock_skew: seconds a remote stamp may be ahead before it is reported; the
             local clock follows stamps at most this far ahead, and entries more than

@@ -149,12 +149,12 @@ VERSION = 1
 _SUITE_MAC = 1  # HMAC-SHA256, truncated to 128 bits
 _SUITE_AEAD = 2  # AES-256-GCM
 _HEADER = struct.Struct(">BB4s16sQQ")  # version, suite, key id, sender, sequence, time ms
-#: Bytes of the fixed header every message starts with.
 HEADER_SIZE = _HEADER.size
-#: Bytes of the tag every message ends with (128 bits).
+"""Bytes of the fixed header every message starts with."""
 TAG_SIZE = 16
-#: Bytes a sealed message has beyond its payload.
+"""Bytes of the tag every message ends with (128 bits)."""
 OVERHEAD = HEADER_SIZE + TAG_SIZE
+"""Bytes a sealed message has beyond its payload."""
 _SENDER_SIZE = 16
 _MAX_SEQ = 2**64 - 1
 _MAX_TIME_MS = 2**64 - 1
@@ -692,11 +692,12 @@ class RefusalLog:
 
 # --- the transport wrapper ---------------------------------------------------------------
 
-#: Optional capabilities (methods) of the inner transport that
-#: [`Authenticated`][podshare.transport.auth.Authenticated] exposes as they are, when (and only
-#: when) the inner transport has them. A capability that must see the authenticated
-#: payloads, or a plain attribute, needs its own code in the wrapper instead.
 FORWARDED: tuple[str, ...] = ("add_gap_listener",)
+"""Optional capabilities (methods) of the inner transport that
+[`Authenticated`][podshare.transport.auth.Authenticated] exposes as they are, when (and only
+when) the inner transport has them. A capability that must see the authenticated payloads, or a
+plain attribute, needs its own code in the wrapper instead.
+"""
 
 
 class Authenticated:

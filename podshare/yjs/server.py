@@ -239,7 +239,9 @@ class YjsWebsocketServer(WebsocketServer):
             ``resync_interval``, ``on_error``, ...).
         presence_options: keyword arguments for the presence store it opens
             (``hydrate_timeout``, ``down_after``, ...).
-        rooms_ready, auto_clean_rooms, log: as pycrdt-websocket's ``WebsocketServer``.
+        rooms_ready: as pycrdt-websocket's ``WebsocketServer``.
+        auto_clean_rooms: as pycrdt-websocket's ``WebsocketServer``.
+        log: as pycrdt-websocket's ``WebsocketServer``.
         exception_handler: as pycrdt-websocket's; default: log and keep serving.
 
     Use it as an async context manager, and hand it connections with
