@@ -33,18 +33,20 @@ Example:
     >>> anyio.run(main)
     b'hello' 1
 
-Wire format (version 1), all integers big-endian::
+Wire format (version 1), all integers big-endian:
 
-    offset  size  field
-         0     1  version       1
-         1     1  suite         1: HMAC-SHA256 tag; 2: AES-256-GCM (payload encrypted)
-         2     4  key id        which secret sealed it (a fingerprint, see below)
-         6    16  sender        random per Authenticator (per process, per transport)
-        22     8  sequence      counts the sender's messages from 1, across topics
-        30     8  time          the sender's wall clock, ms since the Unix epoch
-        38     n  payload       (ciphertext in suite 2)
-      38+n    16  tag           HMAC-SHA256(topic key, bytes 0..38+n) truncated to 128 bits,
-                                or the GCM tag (the 38 header bytes are its associated data)
+```text
+offset  size  field
+     0     1  version       1
+     1     1  suite         1: HMAC-SHA256 tag; 2: AES-256-GCM (payload encrypted)
+     2     4  key id        which secret sealed it (a fingerprint, see below)
+     6    16  sender        random per Authenticator (per process, per transport)
+    22     8  sequence      counts the sender's messages from 1, across topics
+    30     8  time          the sender's wall clock, ms since the Unix epoch
+    38     n  payload       (ciphertext in suite 2)
+  38+n    16  tag           HMAC-SHA256(topic key, bytes 0..38+n) truncated to 128 bits,
+                            or the GCM tag (the 38 header bytes are its associated data)
+```
 
 **Keys.** From each secret ``S``: ``prk = HMAC-SHA256("podshare/auth/v1", S)`` (an HKDF
 extract with a fixed, versioned salt), then HKDF-expand steps

@@ -2,14 +2,16 @@
 
 Needs the ``yjs-server`` extra (``pip install "podshare[yjs-server]"``: pycrdt-websocket
 and websockets). Run one `YjsWebsocketServer` per pod, all on the same
-transport; y-websocket clients connect to any pod and edit together::
+transport; y-websocket clients connect to any pod and edit together:
 
-    async with (
-        RedisTransport(url) as transport,
-        YjsWebsocketServer(transport) as server,
-        serve_websockets(server, "0.0.0.0", 1234),
-    ):
-        await anyio.sleep_forever()
+```python
+async with (
+    RedisTransport(url) as transport,
+    YjsWebsocketServer(transport) as server,
+    serve_websockets(server, "0.0.0.0", 1234),
+):
+    await anyio.sleep_forever()
+```
 
 Each room (the websocket URL's path, without its query string) is a pycrdt-websocket
 ``YRoom`` bridged to the same room on every other pod by a
