@@ -1,14 +1,16 @@
 """``python -m podshare``: a demo, and an inspection CLI for live clusters.
 
-Commands::
+Commands:
 
-    python -m podshare demo                       # three replicas in memory, no server
-    python -m podshare --redis URL get STORE KEY
-    python -m podshare --tcp HOST:PORT --secret S keys STORE --prefix ws:
-    python -m podshare --redis URL set STORE KEY '{"json": true}'
-    python -m podshare --redis URL delete STORE KEY
-    python -m podshare --redis URL watch STORE [--prefix P] [--count N]
-    python -m podshare --redis URL stats STORE | members STORE
+```text
+python -m podshare demo                       # three replicas in memory, no server
+python -m podshare --redis URL get STORE KEY
+python -m podshare --tcp HOST:PORT --secret S keys STORE --prefix ws:
+python -m podshare --redis URL set STORE KEY '{"json": true}'
+python -m podshare --redis URL delete STORE KEY
+python -m podshare --redis URL watch STORE [--prefix P] [--count N]
+python -m podshare --redis URL stats STORE | members STORE
+```
 
 Against a cluster the CLI joins as one more replica: it connects, hydrates, acts, and
 leaves cleanly. Values are read and written as JSON. ``--json`` prints machine-readable

@@ -1,11 +1,11 @@
 """One counters mechanism for every podshare component: a mutable record, frozen snapshots.
 
 Each component (store, transport, endpoint, channel) declares its statistics once, as a
-``@dataclass(slots=True)`` subclass of :class:`StatsRecord` whose fields are counters
+``@dataclass(slots=True)`` subclass of `StatsRecord` whose fields are counters
 and gauges. The component keeps one instance and updates it in place (``+=`` on a slot
 is as cheap as on a plain attribute, and mypy checks every field name). Its public
 ``stats()`` method returns ``record.snapshot()``: an instance of the same class that
-cannot be changed (assigning raises :class:`dataclasses.FrozenInstanceError`), so a
+cannot be changed (assigning raises `dataclasses.FrozenInstanceError`), so a
 caller can keep it, compare it and hand it to a metrics exporter.
 
 Naming, the same everywhere (a field means the same thing on every component):

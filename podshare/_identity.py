@@ -1,14 +1,14 @@
 """One node identity per process, shared by every Store and Endpoint.
 
 A process is one node: by default every store and endpoint in it uses
-:func:`default_node_id` — ``PODSHARE_NODE_ID`` when set (read each time a store is
+`default_node_id()` — ``PODSHARE_NODE_ID`` when set (read each time a store is
 built, so tests and launchers may set it late), else the host (or pod) name and the
 process id. Liveness, presence and routes then appear under one name per pod.
 
 A second replica of the *same store name* opened in the same process without an
 explicit ``node_id`` (two ``Store("app", tr)`` on one in-memory transport, the usual
 in-process test) gets a derived id, ``{base}~2``, ``{base}~3``..., so it is a distinct
-replica. :func:`reserve` hands those out and takes them back when the replica closes.
+replica. `reserve()` hands those out and takes them back when the replica closes.
 
 Example:
     >>> import os
@@ -55,7 +55,7 @@ def default_node_id() -> str:
 
 
 class Reservation:
-    """A node id held for one open replica of one store; :meth:`release` gives it back."""
+    """A node id held for one open replica of one store; `release()` gives it back."""
 
     __slots__ = ("_released", "name", "node_id")
 

@@ -2,7 +2,7 @@
 
 A name that appears inside a topic (a store name, a node id, a callreply namespace) must
 be a non-empty ``str`` without ``#`` (the topic separator) and within its length cap; a
-key is a non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` characters. The wire
+key is a non-empty ``str`` of at most `MAX_KEY_LENGTH` characters. The wire
 decoders enforce the same caps on what peers send.
 
 Example:

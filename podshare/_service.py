@@ -2,26 +2,26 @@
 
 Stores, transports, endpoints and channels all have the same shape: ``async with`` opens
 them (connect, subscribe, start background tasks), the body of the block uses them, and
-leaving the block (or :meth:`Service.aclose`) closes them. :class:`Service` is that shape,
+leaving the block (or `Service.aclose()`) closes them. `Service` is that shape,
 written once:
 
 - **Background tasks live in an inner task group**, inside a cancel scope of their own,
   owned across ``__aenter__``/``__aexit__``. Closing cancels that scope only: the code in
   the user's ``async with`` body is never cancelled by a close.
 - **The body's exception passes through unwrapped.** It is not handed to the task group
-  (which would wrap it in an :class:`ExceptionGroup`); the block re-raises it as it is.
+  (which would wrap it in an `ExceptionGroup`); the block re-raises it as it is.
 - **Cancellation is forwarded.** A block left by cancellation hands the cancellation to
   the task group's exit, so cancel scopes unwind as anyio expects.
 - **A failing background task fails the block.** Its exception cancels the body and
   leaves ``async with``; a group holding a single exception is unwrapped.
 - **``aclose()`` is idempotent** and may be called from anywhere, a background task
-  included: the graceful part (:meth:`Service._close`: flush, say goodbye) runs once,
+  included: the graceful part (`Service._close()`: flush, say goodbye) runs once,
   shielded, within ``close_timeout`` seconds and within the caller's own deadline when
   it has one; a concurrent second call waits for the first to finish.
 
-Subclasses implement :meth:`Service._open` (may start tasks with :meth:`Service.start_soon`
-or :meth:`Service.start`), optionally :meth:`Service._close` (graceful, may await) and
-:meth:`Service._closed` (synchronous, always runs last, even after a failed open).
+Subclasses implement `Service._open()` (may start tasks with `Service.start_soon()`
+or `Service.start()`), optionally `Service._close()` (graceful, may await) and
+`Service._closed()` (synchronous, always runs last, even after a failed open).
 
 Example:
     >>> import anyio
@@ -146,7 +146,7 @@ class Service:
         return self._state == "open"
 
     def _check_open(self) -> None:
-        """Raise :class:`~podshare.exceptions.ClosedError` unless the service is open."""
+        """Raise [`ClosedError`][podshare.ClosedError] unless the service is open."""
         if self._state != "open":
             if self._state in ("new", "opening"):
                 raise ClosedError(f"{self._describe()} is not open: use `async with` first")

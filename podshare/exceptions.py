@@ -1,28 +1,30 @@
 """Every exception podshare raises, under one root.
 
-Catch :class:`PodshareError` to catch them all. The tree::
+Catch [`PodshareError`][podshare.PodshareError] to catch them all. The tree:
 
-    PodshareError
-    ├── ConfigurationError        a bad option, named in the message (also ValueError)
-    ├── ClosedError               the store, transport or endpoint is closed
-    ├── InvalidValue              a value that cannot be stored or encoded (also ValueError)
-    ├── NotSynced                 require_sync: no synced peer handed its state over in time
-    ├── StoreNotEmpty             seed() on a store that already holds entries
-    ├── DuplicateNodeId           another live process uses this node id (reported, not raised)
-    ├── PersistenceError          a persistence backend failed, or holds state that is not ours
-    ├── TransportError            the wire failed: not connected, publish refused, ...
-    │   └── MessageTooLarge       refused before it reached the wire
-    ├── ProtocolError             bytes from the network that podshare will not accept
-    │   ├── DecodeError           garbage, truncated, wrong types, unknown version or kind
-    │   ├── FrameTooLarge         a frame or message over the size cap
-    │   └── AuthenticationError   a TCP peer failed the handshake or a frame's MAC
-    │       └── MessageRefused    a message failed its MAC, time window or replay check
-    └── CallError                 callreply failures
-        ├── NoRoute               no owner is known for the target
-        ├── OwnerUnavailable      the owner is known but down
-        ├── CallTimeout           no reply in time (also TimeoutError)
-        ├── RemoteError           the remote handler raised
-        └── EndpointBusy          the owner is at its concurrency limit
+```text
+PodshareError
+├── ConfigurationError        a bad option, named in the message (also ValueError)
+├── ClosedError               the store, transport or endpoint is closed
+├── InvalidValue              a value that cannot be stored or encoded (also ValueError)
+├── NotSynced                 require_sync: no synced peer handed its state over in time
+├── StoreNotEmpty             seed() on a store that already holds entries
+├── DuplicateNodeId           another live process uses this node id (reported, not raised)
+├── PersistenceError          a persistence backend failed, or holds state that is not ours
+├── TransportError            the wire failed: not connected, publish refused, ...
+│   └── MessageTooLarge       refused before it reached the wire
+├── ProtocolError             bytes from the network that podshare will not accept
+│   ├── DecodeError           garbage, truncated, wrong types, unknown version or kind
+│   ├── FrameTooLarge         a frame or message over the size cap
+│   └── AuthenticationError   a TCP peer failed the handshake or a frame's MAC
+│       └── MessageRefused    a message failed its MAC, time window or replay check
+└── CallError                 callreply failures
+    ├── NoRoute               no owner is known for the target
+    ├── OwnerUnavailable      the owner is known but down
+    ├── CallTimeout           no reply in time (also TimeoutError)
+    ├── RemoteError           the remote handler raised
+    └── EndpointBusy          the owner is at its concurrency limit
+```
 
 Third-party exceptions (redis-py, ssl, OS errors) are mapped at the boundary, so code
 using podshare never has to catch ``redis.ConnectionError``.

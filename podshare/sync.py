@@ -17,7 +17,7 @@ network belongs to one event loop).
 - ``watch(...)`` is a context manager yielding a blocking iterator of events.
 
 Every method may be called from any number of threads at once. Closing the store (the
-end of its ``with`` block, :meth:`SyncStore.close`, or interpreter exit for a store
+end of its ``with`` block, `SyncStore.close()`, or interpreter exit for a store
 left open) publishes what is pending, leaves the cluster cleanly and ends every open
 watch iterator, so no thread stays blocked; afterwards every call raises
 [`ClosedError`][podshare.exceptions.ClosedError].
@@ -196,10 +196,10 @@ def _release_loop(loop: _Loop) -> None:
 
 
 class _PortalResource:
-    """An async resource served on a background event loop (see :class:`_Loop`).
+    """An async resource served on a background event loop (see `_Loop`).
 
-    Subclasses call :meth:`_start` with an async context manager factory; it is entered
-    in a task on the loop and exited there by :meth:`close`.
+    Subclasses call `_start()` with an async context manager factory; it is entered
+    in a task on the loop and exited there by `close()`.
     """
 
     __slots__ = ("__weakref__", "_close_lock", "_closed", "_loop", "_served", "_stop", "_what")
@@ -244,7 +244,7 @@ class _PortalResource:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called (or the process forked since opening)."""
+        """True once `close()` was called (or the process forked since opening)."""
         return self._closed
 
     def _portal(self, what: str) -> BlockingPortal:
@@ -440,10 +440,12 @@ def open_store(
         ...         print(next(events).value)
         Limit(per_second=100)
 
-    In a web app, open one store per process at start-up and close it at shutdown::
+    In a web app, open one store per process at start-up and close it at shutdown:
 
-        store = open_store("flags", lambda: RedisTransport(os.environ["REDIS_URL"]))
-        atexit.register(store.close)    # optional: a store left open closes at exit
+    ```python
+    store = open_store("flags", lambda: RedisTransport(os.environ["REDIS_URL"]))
+    atexit.register(store.close)    # optional: a store left open closes at exit
+    ```
     """
     _check_factory(transport_factory)
 
@@ -604,11 +606,13 @@ class SyncStore(_PortalResource, Generic[T]):
         ``members=``). Iteration ends when the block is left, when the watcher is
         dropped as a slow consumer (``dropped`` says so), or when the store closes.
 
-        Example::
+        Example:
 
-            with store.watch(prefix="flag:") as events:
-                for event in events:        # blocks this thread, not the store
-                    print(event.kind, event.key, event.value)
+        ```python
+        with store.watch(prefix="flag:") as events:
+            for event in events:        # blocks this thread, not the store
+                print(event.kind, event.key, event.value)
+        ```
         """
         if self._closed:
             raise ClosedError(f"{self._what} is closed")
@@ -672,7 +676,8 @@ class SyncWatch(Generic[T]):
     """A blocking iterator of [`Event`][podshare.Event]s, from ``SyncStore.watch``.
 
     Use it as a context manager (which opens the watch) and iterate it in one thread;
-    :meth:`close` (or leaving the block) from any thread ends the iteration.
+    [`close()`][podshare.sync.SyncWatch.close] (or leaving the block) from any thread ends the
+    iteration.
     """
 
     __slots__ = ("_done", "_events", "_filters", "_owner", "_served", "_state")

@@ -1,7 +1,7 @@
 """callreply: call whichever pod owns a target (a websocket connection, say).
 
 Only a small route ``target -> node`` is replicated; the target itself never moves.
-See :class:`Endpoint`.
+See [`Endpoint`][podshare.callreply.Endpoint].
 """
 
 from __future__ import annotations

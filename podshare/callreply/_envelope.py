@@ -1,11 +1,13 @@
 """The callreply wire format: requests, replies and cancels as small, strict msgpack arrays.
 
 Three kinds of envelope travel between endpoints, each a msgpack array whose first two
-items are the format version and the kind::
+items are the format version and the kind:
 
-    request: [1, 0, call_id, reply_to, target, method, payload, budget_ms]
-    reply:   [1, 1, call_id, status, payload, error_type, error_message]
-    cancel:  [1, 2, call_id, reply_to]
+```text
+request: [1, 0, call_id, reply_to, target, method, payload, budget_ms]
+reply:   [1, 1, call_id, status, payload, error_type, error_message]
+cancel:  [1, 2, call_id, reply_to]
+```
 
 ``call_id`` is an unsigned 64-bit integer chosen by the caller; ``reply_to`` is the
 caller's node id (the reply goes to its inbox); ``budget_ms`` is the caller's remaining
@@ -13,10 +15,10 @@ time (its timeout or its enclosing deadline, whichever is nearer), so the owner 
 a handler whose caller has given up. A cancel tells the owner that the caller of
 ``call_id`` gave up; it names the same ``reply_to`` as the request, and the owner only
 cancels a call whose id *and* ``reply_to`` both match. Bytes from the network are
-untrusted: :func:`decode` caps the input size before it allocates anything,
+untrusted: `decode()` caps the input size before it allocates anything,
 caps every string and byte field inside the msgpack decoder, checks every type exactly,
-and raises :class:`~podshare.exceptions.DecodeError` (or
-:class:`~podshare.exceptions.FrameTooLarge`) for anything else. It never raises another
+and raises [`DecodeError`][podshare.DecodeError] (or
+[`FrameTooLarge`][podshare.FrameTooLarge]) for anything else. It never raises another
 exception type.
 """
 
@@ -92,7 +94,7 @@ class Request(NamedTuple):
 
 
 class Reply(NamedTuple):
-    """The answer to one :class:`Request`, sent to the caller's inbox."""
+    """The answer to one `Request`, sent to the caller's inbox."""
 
     call_id: int
     status: Status
@@ -108,7 +110,7 @@ class Cancel(NamedTuple):
     reply_to: str
 
 
-#: Any envelope :func:`decode` returns.
+#: Any envelope `decode()` returns.
 Envelope = Request | Reply | Cancel
 
 
@@ -132,7 +134,7 @@ def encode_request(request: Request) -> bytes:
 
 
 def encode_reply(reply: Reply) -> bytes:
-    """The wire form of ``reply`` (error texts truncated to :data:`MAX_ERROR_MESSAGE`).
+    """The wire form of ``reply`` (error texts truncated to `MAX_ERROR_MESSAGE`).
 
     Example:
         >>> rep = Reply(7, Status.ERROR, error_type="ValueError", error_message="bad")

@@ -1,6 +1,6 @@
 """The route table an Endpoint consults: which node owns each target, and who is alive.
 
-:class:`RouteTable` is the small contract the endpoint needs; :class:`StoreRoutes`
+`RouteTable` is the small contract the endpoint needs; `StoreRoutes`
 implements it on a podshare ``Store`` of ephemeral entries ``target -> owner node id``,
 so a route disappears from every replica when its owner goes down.
 """

@@ -37,7 +37,7 @@ def route_store_name(namespace: str) -> str:
 
 
 class StoreRoutes:
-    """A :class:`~podshare.callreply._routes.RouteTable` backed by ``store``."""
+    """A `RouteTable` backed by ``store``."""
 
     def __init__(self, store: Store[str]) -> None:
         self.store = store

@@ -1,34 +1,37 @@
 """Endpoint: call whichever pod owns a target; the target never moves, only a route does.
 
 A websocket connection (say) lives on one pod. That pod registers the connection's
-target with :meth:`Endpoint.register`; the route ``target -> node`` is written to a
-replicated route table (a podshare store of *ephemeral* entries, removed everywhere when
-the owner goes down). Any pod then calls :meth:`Endpoint.call`: the route is looked up
-locally, a small envelope goes to the owner's inbox topic ``cr/{namespace}#{node}``, the
-owner runs the handler and publishes the reply to the caller's inbox.
+target with [`Endpoint.register()`][podshare.callreply.Endpoint.register]; the route
+``target -> node`` is written to a replicated route table (a podshare store of *ephemeral* entries,
+removed everywhere when the owner goes down). Any pod then calls
+[`Endpoint.call()`][podshare.callreply.Endpoint.call]: the route is looked up locally, a small
+envelope goes to the owner's inbox topic ``cr/{namespace}#{node}``, the owner runs the handler and
+publishes the reply to the caller's inbox.
 
 Delivery is **at most once**: a request or reply lost on the wire is never re-sent, so a
-call that raises :class:`~podshare.exceptions.CallTimeout` or
-:class:`~podshare.exceptions.OwnerUnavailable` may or may not have run its handler.
-Retry with an idempotency key that the handler remembers::
+call that raises [`CallTimeout`][podshare.CallTimeout] or
+[`OwnerUnavailable`][podshare.OwnerUnavailable] may or may not have run its handler.
+Retry with an idempotency key that the handler remembers:
 
-    # caller: one key per logical operation, the same for every attempt
-    key = uuid.uuid4().hex.encode()
-    for attempt in range(3):
-        try:
-            return await ep.call("user:42", "push", key + b":" + body)
-        except (CallTimeout, OwnerUnavailable, EndpointBusy):
-            await anyio.sleep(0.1 * 2**attempt)
+```python
+# caller: one key per logical operation, the same for every attempt
+key = uuid.uuid4().hex.encode()
+for attempt in range(3):
+    try:
+        return await ep.call("user:42", "push", key + b":" + body)
+    except (CallTimeout, OwnerUnavailable, EndpointBusy):
+        await anyio.sleep(0.1 * 2**attempt)
 
-    # owner: answer a repeated key from memory instead of acting twice
-    done: dict[bytes, bytes] = {}              # bound it (an LRU) in real code
+# owner: answer a repeated key from memory instead of acting twice
+done: dict[bytes, bytes] = {}              # bound it (an LRU) in real code
 
-    async def push(payload: bytes) -> bytes:
-        key, _, body = payload.partition(b":")
-        if key not in done:
-            await websocket.send_bytes(body)
-            done[key] = b"sent"
-        return done[key]
+async def push(payload: bytes) -> bytes:
+    key, _, body = payload.partition(b":")
+    if key not in done:
+        await websocket.send_bytes(body)
+        done[key] = b"sent"
+    return done[key]
+```
 
 **Deadlines travel with the call.** The caller's budget is the nearer of its timeout
 (``timeout=``, else ``call_timeout``) and the deadline of the code around the call
@@ -42,24 +45,24 @@ owner cancels that handler and frees its concurrency slot at once. Only a cancel
 call id *and* sender match a running call has any effect. A reply that crosses the
 cancel on the wire is dropped by the caller and counted (``stats().replies_late``).
 
-Errors a call raises, all :class:`~podshare.exceptions.CallError`:
+Errors a call raises, all [`CallError`][podshare.CallError]:
 
-- :class:`~podshare.exceptions.NoRoute`: no owner is known for the target, or the
+- [`NoRoute`][podshare.NoRoute]: no owner is known for the target, or the
   recorded owner no longer has it (nothing ran in either case).
-- :class:`~podshare.exceptions.OwnerUnavailable`: the owner is known but down — at call
+- [`OwnerUnavailable`][podshare.OwnerUnavailable]: the owner is known but down — at call
   time, or it went down (missed heartbeats for ``down_after``, or closed) while the call
   waited. This fails fast: in about ``down_after``, not ``call_timeout``.
-- :class:`~podshare.exceptions.CallTimeout` (also ``TimeoutError``): no reply in time.
-- :class:`~podshare.exceptions.RemoteError`: the remote handler raised; carries the
+- [`CallTimeout`][podshare.CallTimeout] (also ``TimeoutError``): no reply in time.
+- [`RemoteError`][podshare.RemoteError]: the remote handler raised; carries the
   exception's type name and message. An unknown method on a registered target is a
   ``RemoteError`` whose ``type_name`` is ``"LookupError"`` (the handler never ran).
-- :class:`~podshare.exceptions.EndpointBusy`: the owner already runs ``max_concurrency``
+- [`EndpointBusy`][podshare.EndpointBusy]: the owner already runs ``max_concurrency``
   handlers; the handler did not run.
 
 A self-call (the target is owned by this node) runs the handler in the caller's task,
 with no serialisation, and raises the handler's own exception unchanged.
 
-Errors nobody's call receives go to ``on_error`` (see :class:`Endpoint`).
+Errors nobody's call receives go to ``on_error`` (see [`Endpoint`][podshare.callreply.Endpoint]).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ _serving_endpoint: ContextVar[Endpoint | None] = ContextVar("_serving_endpoint",
 
 @dataclass(slots=True)
 class EndpointStats(StatsRecord):
-    """One endpoint's counters; :meth:`Endpoint.stats` returns a frozen snapshot.
+    """One endpoint's counters; [`Endpoint.stats()`][podshare.callreply.Endpoint.stats] returns a
+    frozen snapshot.
 
     Counters only grow, except the gauges ``calls_pending`` and ``handlers_active``.
     """
@@ -228,20 +232,21 @@ class Endpoint(Service):
         node_id: this pod's id (unique in the fleet; no ``#``). Default: the process's id
             (``PODSHARE_NODE_ID``, else host name and pid), as for stores.
         namespace: endpoints only see routes and calls of their own namespace.
-        call_timeout: default seconds a :meth:`call` waits for its reply.
+        call_timeout: default seconds a [`call()`][podshare.callreply.Endpoint.call] waits for its
+            reply.
         max_concurrency: handlers this endpoint runs at once; beyond it callers get
-            :class:`~podshare.exceptions.EndpointBusy` at once.
+            [`EndpointBusy`][podshare.EndpointBusy] at once.
         heartbeat_interval: seconds between liveness heartbeats of the route table
             (the store's default when omitted).
         down_after: seconds without a heartbeat after which a node counts as down, its
             routes vanish and calls waiting on it fail with
-            :class:`~podshare.exceptions.OwnerUnavailable` (the store's default when omitted).
+            [`OwnerUnavailable`][podshare.OwnerUnavailable] (the store's default when omitted).
         route_options: further keyword options for the route table's
-            :class:`~podshare.Store` (``hydrate_timeout``, ``anti_entropy_interval``...).
+            [`Store`][podshare.Store] (``hydrate_timeout``, ``anti_entropy_interval``...).
         on_error: called with each error that no call receives: an undecodable inbox
-            message (:class:`~podshare.exceptions.ProtocolError`), a reply or cancel that
+            message ([`ProtocolError`][podshare.ProtocolError]), a reply or cancel that
             could not be published and a route re-claim that failed (the transport's
-            :class:`~podshare.exceptions.PodshareError`), and an exception a handler
+            [`PodshareError`][podshare.PodshareError]), and an exception a handler
             raised after its caller had left (the handler's own exception). Sync or
             async; one that raises is logged and the endpoint carries on. Without it,
             these are logged (decode errors at DEBUG, since peers control their rate;
@@ -256,16 +261,18 @@ class Endpoint(Service):
     watch and every running handler, so nothing outlives it. Delivery is at most once
     (see the module documentation for the idempotency-key retry pattern).
 
-    Example::
+    Example:
 
-        async def push(payload: bytes) -> bytes:
-            await websocket.send_bytes(payload)
-            return b"ok"
+    ```python
+    async def push(payload: bytes) -> bytes:
+        await websocket.send_bytes(payload)
+        return b"ok"
 
-        async with Endpoint(transport, node_id="pod-1", on_error=print) as ep:
-            await ep.register("user:42", "push", push)
-            ...
-            reply = await ep.call("user:42", "push", b"hello")  # from any pod
+    async with Endpoint(transport, node_id="pod-1", on_error=print) as ep:
+        await ep.register("user:42", "push", push)
+        ...
+        reply = await ep.call("user:42", "push", b"hello")  # from any pod
+    ```
     """
 
     def __init__(
@@ -404,8 +411,8 @@ class Endpoint(Service):
 
         Leaving ``async with`` does this; it may also be called from any task, a
         handler included. Callers waiting on this endpoint get
-        :class:`~podshare.exceptions.ClosedError`; remote callers whose handler was
-        cancelled get :class:`~podshare.exceptions.OwnerUnavailable`. Idempotent.
+        [`ClosedError`][podshare.ClosedError]; remote callers whose handler was
+        cancelled get [`OwnerUnavailable`][podshare.OwnerUnavailable]. Idempotent.
         """
         await super().aclose()
 
@@ -439,10 +446,12 @@ class Endpoint(Service):
     def owner(self, target: str) -> str | None:
         """The node id that owns ``target``, from the local replica (sync, no I/O).
 
-        Example::
+        Example:
 
-            if ep.owner("user:42") is None:
-                ...  # the user is not connected anywhere
+        ```python
+        if ep.owner("user:42") is None:
+            ...  # the user is not connected anywhere
+        ```
         """
         return self._require_routes().owner(target)
 
@@ -530,7 +539,7 @@ class Endpoint(Service):
         about 0.3 s, whatever ``call_timeout`` says. When that enclosing deadline comes
         first, the enclosing scope's own cancellation ends the call (``fail_after``
         raises its ``TimeoutError``); when ``timeout`` comes first, the call raises
-        :class:`~podshare.exceptions.CallTimeout`. Either way, or when the caller is
+        [`CallTimeout`][podshare.CallTimeout]. Either way, or when the caller is
         cancelled, the owner is told and cancels the handler.
 
         Args:
@@ -546,10 +555,12 @@ class Endpoint(Service):
             InvalidValue: a bad target or payload.
             ConfigurationError: a bad method name or timeout.
 
-        Example::
+        Example:
 
-            with anyio.fail_after(2.0):                 # the handler gets 2 s too
-                reply = await ep.call("user:42", "push", b"hello")
+        ```python
+        with anyio.fail_after(2.0):                 # the handler gets 2 s too
+            reply = await ep.call("user:42", "push", b"hello")
+        ```
         """
         routes = self._require_routes()
         _check_call_names(target, method)

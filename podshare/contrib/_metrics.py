@@ -5,7 +5,7 @@ podshare's components each keep one [`StatsRecord`][podshare._counters.StatsReco
 family, which label names the component, and how a set of components is held (weakly)
 and read. [`podshare.contrib.prometheus`][podshare.contrib.prometheus] and
 [`podshare.contrib.opentelemetry`][podshare.contrib.opentelemetry] only format what
-:meth:`Components.read` returns, so both export the same names.
+`Components.read()` returns, so both export the same names.
 
 Naming (Prometheus conventions): ``{namespace}_{group}_{name}``, the unit last
 (``sent_bytes_total``, ``hydration_seconds``), counters end in ``_total``, gauges do
@@ -782,7 +782,7 @@ class Components:
                 )
 
     def error_counts(self) -> dict[str, int]:
-        """A copy of :attr:`errors`."""
+        """A copy of `errors`."""
         with self._lock:
             return dict(self.errors)
 

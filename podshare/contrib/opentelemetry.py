@@ -97,7 +97,8 @@ class PodshareInstruments:
     it lives as long as the provider (the components it reads are held weakly).
 
     Args:
-        components: components to export from the start (as with :meth:`add`).
+        components: components to export from the start (as with
+            [`add()`][podshare.contrib.opentelemetry.PodshareInstruments.add]).
         meter_provider: where to create the meter; the global provider by default.
         namespace: the first part of every instrument name.
         attributes: attributes added to every observation (`{"service": "checkout"}`);

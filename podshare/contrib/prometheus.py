@@ -100,7 +100,8 @@ class PodshareCollector(Collector):
     """A Prometheus collector for any number of podshare components (see the module docs).
 
     Args:
-        components: components to export from the start (as with :meth:`add`).
+        components: components to export from the start (as with
+            [`add()`][podshare.contrib.prometheus.PodshareCollector.add]).
         registry: where to register; `prometheus_client.REGISTRY` by default, or
             `None` to leave registration to the caller.
         namespace: the metric-name prefix.

@@ -3,11 +3,11 @@
 Pure value types: no I/O, no anyio. Every built-in type is immutable (mutators return a
 new value), has an empty value ``cls()``, a ``merge`` that is commutative, associative
 and idempotent, a canonical ``to_wire()`` form of msgpack-able builtins, a strict
-``from_wire()`` that raises :class:`~podshare.exceptions.DecodeError` for malformed
+``from_wire()`` that raises [`DecodeError`][podshare.DecodeError] for malformed
 input, and ``delta_from(old)`` for shipping only a change.
 
 Set elements (``GSet``, ``ORSet``) are ``None``, ``int``, ``str``, ``bytes`` or tuples of
-those; ``bool`` and ``float`` are refused with :class:`~podshare.exceptions.InvalidValue`,
+those; ``bool`` and ``float`` are refused with [`InvalidValue`][podshare.InvalidValue],
 because Python treats ``True == 1`` and ``0.0 == -0.0`` while their encodings differ.
 
 ``YDoc`` (extra ``yjs``) holds a Yjs document (pycrdt); it is imported on first use, so

@@ -1,14 +1,14 @@
 """Reading Yjs v1 binary encodings: state vectors, delete sets, and a scan of item contents.
 
-pycrdt exposes updates only as opaque bytes. :class:`~podshare.crdt.ydoc.YDoc` and the
-pycrdt bridge (:mod:`podshare.yjs`) need facts Yrs does not give them:
+pycrdt exposes updates only as opaque bytes. [`YDoc`][podshare.crdt.YDoc] and the
+pycrdt bridge ([`podshare.yjs`][podshare.yjs]) need facts Yrs does not give them:
 
-- whether some bytes are one complete v1 update at all (:func:`check_update`): Yrs reads
+- whether some bytes are one complete v1 update at all (`check_update()`): Yrs reads
   a Yjs *v2* update, or an update followed by garbage, as a valid (often empty) update
-  and says nothing; :func:`is_v2_update` names the v2 case;
+  and says nothing; `is_v2_update()` names the v2 case;
 - which deletes in an update could not be applied yet, and the encoded delete set of a
   pending-only update in a canonical order;
-- one encoding of a state whatever Yrs's hash maps did (:func:`canonical_order`): plain
+- one encoding of a state whatever Yrs's hash maps did (`canonical_order()`): plain
   JSON objects (``yarray.push([{...}])`` in JavaScript, a ``dict`` in pycrdt) are encoded
   in the random key order of Yrs's hash maps, so two encodings of one document differ,
   and replica digests, which hash the encoding, would never agree.
@@ -16,7 +16,7 @@ pycrdt bridge (:mod:`podshare.yjs`) need facts Yrs does not give them:
 The format is lib0's (https://github.com/yjs/yjs/blob/main/src/utils/encoding.js):
 variable-length unsigned ints, length-prefixed strings and buffers, and the ``Any``
 encoding with one tag byte per value. Every reader checks bounds and raises
-:class:`ValueError` on malformed input; callers map it to a podshare exception.
+`ValueError` on malformed input; callers map it to a podshare exception.
 """
 
 from __future__ import annotations
@@ -437,7 +437,7 @@ def _scan_structs(data: bytes, *, stop_at_objects: bool) -> tuple[int, bool]:
     """Walk the structs of a v1 update: ``(offset of its delete set, objects seen)``.
 
     "Objects" are plain JSON objects or arrays in ``Any`` items and any JSON, embed,
-    format or subdocument content (what :func:`canonical_order` may have to rewrite);
+    format or subdocument content (what `canonical_order()` may have to rewrite);
     with ``stop_at_objects`` the walk returns ``(-1, True)`` at the first. The walk is
     inlined, several times faster than the general reader, because it runs on every
     small update received and every whole document encoded. Raises ``IndexError`` or
@@ -626,7 +626,7 @@ def canonical_order(update: bytes) -> bytes:
 
 
 def _holds_objects(data: bytes) -> bool:
-    """Quickly: may ``data`` hold a plain object (so :func:`canonical_order` must walk)?
+    """Quickly: may ``data`` hold a plain object (so `canonical_order()` must walk)?
 
     Malformed input answers True, leaving the verdict to the full walk.
     """

@@ -1,4 +1,5 @@
-"""Hybrid logical clock: :class:`Stamp` values and the :class:`HLC` that issues them.
+"""Hybrid logical clock: [`Stamp`][podshare.crdt.Stamp] values and the [`HLC`][podshare.crdt.HLC]
+that issues them.
 
 A stamp is ``(time, counter, origin)``: wall-clock milliseconds, a logical counter that
 orders stamps issued within the same millisecond (or while the wall clock lags behind a
@@ -89,17 +90,17 @@ _ZERO = Stamp(0, 0, "")
 class HLC:
     """A hybrid logical clock for one node: issues stamps and absorbs remote ones.
 
-    Every stamp from :meth:`now` is strictly greater than every stamp this clock issued
-    or observed before, whatever the wall clock does (it may stand still or go back).
-    :meth:`observe` a remote stamp before acting on what it stamps, and anything stamped
-    afterwards orders after it: causality holds even between nodes whose wall clocks
-    disagree.
+    Every stamp from [`now()`][podshare.crdt.HLC.now] is strictly greater than every stamp this
+    clock issued or observed before, whatever the wall clock does (it may stand still or go back).
+    [`observe()`][podshare.crdt.HLC.observe] a remote stamp before acting on what it stamps, and
+    anything stamped afterwards orders after it: causality holds even between nodes whose wall
+    clocks disagree.
 
     Args:
         origin: this node's id, written into every stamp (1 to 256 characters).
         time_source: returns wall-clock milliseconds since the epoch; tests pass a fake.
         max_skew_ms: the clock follows a remote stamp at most this far ahead of the local
-            wall clock; :meth:`observe` reports stamps beyond.
+            wall clock; [`observe()`][podshare.crdt.HLC.observe] reports stamps beyond.
 
     Raises:
         ConfigurationError: a bad argument; the message names it.
@@ -180,7 +181,8 @@ class HLC:
         return stamp
 
     def observe(self, remote: Stamp) -> bool:
-        """Advance past ``remote`` so every later :meth:`now` orders after it, within bounds.
+        """Advance past ``remote`` so every later [`now()`][podshare.crdt.HLC.now] orders after it,
+        within bounds.
 
         The clock moves past ``remote`` only while ``remote.time`` is at most
         ``max_skew_ms`` ahead of the local wall clock; a stamp further ahead moves it to

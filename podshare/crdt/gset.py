@@ -17,7 +17,7 @@ class GSet(Generic[T]):
     """An immutable grow-only set; ``merge`` is union, so it never forgets an element.
 
     Elements are ``None``, ``int``, ``str``, ``bytes`` or tuples of those (``bool`` and
-    ``float`` are refused: see :mod:`podshare.crdt`). ``add`` returns a new set.
+    ``float`` are refused: see [`podshare.crdt`][podshare.crdt]). ``add`` returns a new set.
 
     Example:
         >>> tags = GSet(["red"]).add("blue")
@@ -97,7 +97,7 @@ class GSet(Generic[T]):
 
     @classmethod
     def from_wire(cls, data: object) -> GSet[Any]:
-        """Decode :meth:`to_wire`'s form; unknown keys are ignored.
+        """Decode [`to_wire()`][podshare.crdt.GSet.to_wire]'s form; unknown keys are ignored.
 
         Raises:
             DecodeError: malformed input.

@@ -1,8 +1,9 @@
-"""How two states of a value join: the :class:`Merger` protocol and the :class:`LWW` register.
+"""How two states of a value join: the [`Merger`][podshare.crdt.Merger] protocol and the
+[`LWW`][podshare.crdt.LWW] register.
 
 A store either merges a key's values with a merger (a join-semilattice: commutative,
 associative, idempotent), or, for plain types, keeps the write with the highest
-:class:`~podshare.crdt.clock.Stamp` (last writer wins).
+[`Stamp`][podshare.crdt.Stamp] (last writer wins).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ class Merger(Protocol[T]):
     """Joins two states of a value of type ``T``; implement it for a custom CRDT.
 
     ``merge`` must be commutative, associative and idempotent (prove it with
-    :func:`podshare.testing.check_merger`). A merger may also define ``empty(self) -> T``,
-    the bottom state, which ``Store.update`` passes for a missing key. Implement the
-    method on any class (structural typing) or subclass ``Merger[T]`` explicitly.
+    [`podshare.testing.check_merger()`][podshare.testing.check_merger]). A merger may also define
+    ``empty(self) -> T``, the bottom state, which ``Store.update`` passes for a missing key.
+    Implement the method on any class (structural typing) or subclass ``Merger[T]`` explicitly.
 
     ``isinstance(x, Merger)`` only checks that ``x`` has a ``merge`` attribute, which a
-    value type's *class* also has; use :func:`as_merger` to turn either into a merger.
+    value type's *class* also has; use [`as_merger()`][podshare.crdt.as_merger] to turn either into
+    a merger.
 
     Example:
         >>> class MaxMerger(Merger[int]):
@@ -50,7 +52,8 @@ class Merger(Protocol[T]):
 class SelfMerger(Generic[T]):
     """The merger of a value type that merges itself: ``merge(a, b)`` is ``a.merge(b)``.
 
-    :func:`merger_for` returns one for any class with a ``merge(self, other)`` method.
+    [`merger_for()`][podshare.crdt.merger_for] returns one for any class with a
+    ``merge(self, other)`` method.
 
     Example:
         >>> from podshare.crdt import GSet
@@ -90,7 +93,8 @@ class FunctionMerger(Generic[T]):
     """A merger made of a plain function ``(a, b) -> T`` (the Go library's ``WithMerger``).
 
     The function must be a join (commutative, associative, idempotent): prove it with
-    :func:`podshare.testing.check_merger` like any merger. ``empty`` is optional.
+    [`podshare.testing.check_merger()`][podshare.testing.check_merger] like any merger. ``empty`` is
+    optional.
 
     Example:
         >>> m = FunctionMerger(max, empty=lambda: 0)
@@ -142,7 +146,8 @@ def merger_for(tp: Any) -> SelfMerger[Any] | None:
 
 
 def as_merger(obj: Any) -> Merger[Any]:
-    """Return a merger for ``obj``: a :class:`Merger` instance, or a type that merges itself.
+    """Return a merger for ``obj``: a [`Merger`][podshare.crdt.Merger] instance, or a type that
+    merges itself.
 
     Raises:
         TypeError: ``obj`` is neither.
@@ -214,7 +219,7 @@ class LWW(Generic[T]):
 
         Args:
             decode: turns the encoded value back into a value; it should raise
-                :class:`~podshare.exceptions.DecodeError` for bad input (any other
+                [`DecodeError`][podshare.DecodeError] for bad input (any other
                 exception it raises is wrapped in one). None: the value is used as is.
 
         Raises:

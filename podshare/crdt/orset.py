@@ -383,7 +383,7 @@ class ORSet(Generic[T]):
 
     @classmethod
     def from_wire(cls, data: object) -> ORSet[Any]:
-        """Decode :meth:`to_wire`'s form; unknown keys are ignored.
+        """Decode [`to_wire()`][podshare.crdt.ORSet.to_wire]'s form; unknown keys are ignored.
 
         Raises:
             DecodeError: malformed input, including an element listed twice, a dot on two

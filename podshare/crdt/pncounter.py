@@ -139,7 +139,7 @@ class PNCounter:
 
     @classmethod
     def from_wire(cls, data: object) -> PNCounter:
-        """Decode :meth:`to_wire`'s form; unknown keys are ignored.
+        """Decode [`to_wire()`][podshare.crdt.PNCounter.to_wire]'s form; unknown keys are ignored.
 
         Raises:
             DecodeError: malformed input.

@@ -1,26 +1,27 @@
 """YDoc: a Yjs document (pycrdt) as an immutable store value whose edits ship as small updates.
 
-A :class:`YDoc` holds the state of a Yjs document. Merging is Yjs's own (apply both
+A [`YDoc`][podshare.crdt.YDoc] holds the state of a Yjs document. Merging is Yjs's own (apply both
 states to one document), so concurrent edits from any number of pods converge to the
 same text, arrays and maps. Editing returns a new value and remembers the Yjs update it
 made, so a store ships that update (tens of bytes) instead of the document.
 
-Reading: :meth:`YDoc.text`, :meth:`YDoc.array` and :meth:`YDoc.map` return plain Python
-snapshots (``str``, ``list``, ``dict``) that cannot be confused with live shared types;
-:meth:`YDoc.to_doc` returns a fresh ``pycrdt.Doc`` copy the caller owns. Neither ever
-changes the value.
+Reading: [`YDoc.text()`][podshare.crdt.YDoc.text], [`YDoc.array()`][podshare.crdt.YDoc.array] and
+[`YDoc.map()`][podshare.crdt.YDoc.map] return plain Python snapshots (``str``, ``list``, ``dict``)
+that cannot be confused with live shared types; [`YDoc.to_doc()`][podshare.crdt.YDoc.to_doc] returns
+a fresh ``pycrdt.Doc`` copy the caller owns. Neither ever changes the value.
 
 pycrdt traps, and what this module does about them:
 
 - Yjs numbers are JavaScript doubles: pycrdt returns ``1`` as ``1.0`` and silently rounds
   integers beyond 2**53. Writers refuse integers outside ``±2**53``
-  (:data:`MAX_SAFE_INTEGER`); readers turn integral floats back into ``int`` (pass
+  (`MAX_SAFE_INTEGER`); readers turn integral floats back into ``int`` (pass
   ``ints=False`` to get Yjs's own floats).
 - pycrdt panics (a ``BaseException``, not an ``Exception``) on integers beyond 64 bits and
-  on non-``str`` map keys. The helpers (:meth:`YDoc.append`, :meth:`YDoc.set`, ...)
-  validate values first and raise :class:`~podshare.exceptions.InvalidValue`; inside
-  :meth:`YDoc.edit` a panic is mapped to ``InvalidValue``; malformed bytes from the
-  network raise :class:`~podshare.exceptions.DecodeError`.
+  on non-``str`` map keys. The helpers ([`YDoc.append()`][podshare.crdt.YDoc.append],
+  [`YDoc.set()`][podshare.crdt.YDoc.set], ...) validate values first and raise
+  [`InvalidValue`][podshare.InvalidValue]; inside [`YDoc.edit()`][podshare.crdt.YDoc.edit] a panic
+  is mapped to ``InvalidValue``; malformed bytes from the network raise
+  [`DecodeError`][podshare.DecodeError].
 - Yrs encodes plain JSON objects (a ``dict`` inserted by pycrdt, ``yarray.push([{...}])``
   in JavaScript) in random key order, which would give one document several encodings
   and make replica digests disagree forever. The canonical wire form sorts their keys
@@ -32,8 +33,8 @@ pycrdt traps, and what this module does about them:
   layout first and raise [`DecodeError`][podshare.exceptions.DecodeError] (naming v2 updates);
   they never return an empty document for bytes that are not one.
 - pycrdt's ``Text`` offsets count UTF-8 bytes; an offset inside a multi-byte character
-  silently corrupts the document. :meth:`YDoc.insert_text` and :meth:`YDoc.delete_text`
-  take character offsets and convert them.
+  silently corrupts the document. [`YDoc.insert_text()`][podshare.crdt.YDoc.insert_text] and
+  [`YDoc.delete_text()`][podshare.crdt.YDoc.delete_text] take character offsets and convert them.
 - pycrdt observers run on whichever thread commits a transaction; nothing here relies on
   them for store events (the store makes its own events).
 
@@ -77,7 +78,7 @@ __all__ = ["MAX_SAFE_INTEGER", "MAX_UPDATE_SIZE", "YDoc"]
 
 #: The largest integer magnitude a Yjs number holds exactly (JavaScript's safe range).
 MAX_SAFE_INTEGER = 2**53
-#: The largest encoded document :meth:`YDoc.from_wire` accepts.
+#: The largest encoded document `YDoc.from_wire()` accepts.
 MAX_UPDATE_SIZE = 64 * 1024 * 1024
 
 _EMPTY = b"\x00\x00"
@@ -290,20 +291,23 @@ def _check_name(name: object) -> str:
 class YDoc:
     """An immutable Yjs document state; ``merge`` is Yjs's own.
 
-    ``YDoc()`` is the empty document. Edits return a new value: :meth:`edit` runs any
-    pycrdt code on a private working copy, and :meth:`append`, :meth:`extend`,
-    :meth:`insert_text`, :meth:`set` and :meth:`delete` cover the common cases with
-    validation. The value made by an edit remembers the Yjs update it added, so
+    ``YDoc()`` is the empty document. Edits return a new value: [`edit()`][podshare.crdt.YDoc.edit]
+    runs any pycrdt code on a private working copy, and [`append()`][podshare.crdt.YDoc.append],
+    [`extend()`][podshare.crdt.YDoc.extend], [`insert_text()`][podshare.crdt.YDoc.insert_text],
+    [`set()`][podshare.crdt.YDoc.set] and [`delete()`][podshare.crdt.YDoc.delete] cover the common
+    cases with validation. The value made by an edit remembers the Yjs update it added, so
     ``new.delta_from(old)`` costs nothing and ships only that update.
 
-    Use it in a store; only the edit travels::
+    Use it in a store; only the edit travels:
 
-        chats = Store[YDoc]("chats", transport)
-        await chats.update("chat:42", lambda d: d.append("messages", {"text": "hi"}))
-        chats["chat:42"].array("messages")
+    ```python
+    chats = Store[YDoc]("chats", transport)
+    await chats.update("chat:42", lambda d: d.append("messages", {"text": "hi"}))
+    chats["chat:42"].array("messages")
+    ```
 
-    Equal documents have equal :meth:`to_wire` forms (replica digests hash them).
-    That holds for documents with plain JSON objects too (other Yjs clients'
+    Equal documents have equal [`to_wire()`][podshare.crdt.YDoc.to_wire] forms (replica digests hash
+    them). That holds for documents with plain JSON objects too (other Yjs clients'
     ``yarray.push([{...}])``): their keys are sorted in the wire form.
 
     Example:
@@ -633,7 +637,8 @@ class YDoc:
 
     @classmethod
     def from_wire(cls, data: object) -> YDoc:
-        """Decode :meth:`to_wire`'s form (a Yjs v1 update, or a list of them).
+        """Decode [`to_wire()`][podshare.crdt.YDoc.to_wire]'s form (a Yjs v1 update, or a list of
+        them).
 
         Raises:
             DecodeError: not bytes, too large, or not a valid Yjs v1 update (a Yjs v2
@@ -731,7 +736,8 @@ class YDoc:
         return _plain(value, ints) if value is not None else []
 
     def map(self, name: str, *, ints: bool = True) -> dict[str, Any]:
-        """A plain copy of root map ``name`` ({} if absent); see :meth:`array` for ``ints``."""
+        """A plain copy of root map ``name`` ({} if absent); see
+        [`array()`][podshare.crdt.YDoc.array] for ``ints``."""
         value = self._read_doc().get(_check_name(name), type=pycrdt.Map).to_py()
         return _plain(value, ints) if value is not None else {}
 
@@ -783,7 +789,7 @@ class YDoc:
     def append(self, name: str, *values: Any) -> YDoc:
         """Return a new value with ``values`` appended to root array ``name``.
 
-        Values are validated first (:class:`~podshare.exceptions.InvalidValue`); dicts
+        Values are validated first ([`InvalidValue`][podshare.InvalidValue]); dicts
         and lists become shared maps and arrays, which read back as dicts and lists.
         """
         return self.extend(name, values)
@@ -823,7 +829,8 @@ class YDoc:
     def delete_text(self, name: str, index: int, length: int) -> YDoc:
         """Return a new value without ``length`` characters of text ``name`` from ``index``.
 
-        Counts characters, like :meth:`insert_text`; a range past the end is clipped.
+        Counts characters, like [`insert_text()`][podshare.crdt.YDoc.insert_text]; a range past the
+        end is clipped.
         """
         _check_name(name)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in (index, length)):

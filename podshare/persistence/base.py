@@ -1,28 +1,31 @@
 """The persistence protocol: a durable place for stores' states, and what it stores.
 
 A store with persistence keeps its entries (tombstones included, ephemeral entries
-never) in a :class:`Persistence` backend, so a fleet that stops and starts keeps its map.
-The store does the work; a backend only keeps bytes:
+never) in a [`Persistence`][podshare.persistence.Persistence] backend, so a fleet that stops and
+starts keeps its map. The store does the work; a backend only keeps bytes:
 
-- :meth:`Persistence.load` returns everything stored for one store: one opaque
-  ``bytes`` record per key, and one ``meta`` record (the store's horizon) or ``None``.
-- :meth:`Persistence.write` applies changes for one store: ``records`` maps each
-  changed key to its new record, or to ``None`` when the key is gone (compacted, or
-  replaced by an ephemeral entry); ``meta`` replaces the meta record when not ``None``.
-  A write is all-or-nothing for what it names, and writing the same changes twice is
+- [`Persistence.load()`][podshare.persistence.Persistence.load] returns everything stored for one
+  store: one opaque ``bytes`` record per key, and one ``meta`` record (the store's horizon) or
+  ``None``.
+- [`Persistence.write()`][podshare.persistence.Persistence.write] applies changes for one store:
+  ``records`` maps each changed key to its new record, or to ``None`` when the key is gone
+  (compacted, or replaced by an ephemeral entry); ``meta`` replaces the meta record when not
+  ``None``. A write is all-or-nothing for what it names, and writing the same changes twice is
   harmless (stores retry after a failure).
 
-Records are the store's own encoding (:func:`encode_record`): a versioned msgpack array
-of one wire entry, decoded with every bound checked (:func:`decode_record`), so a backend
-never needs to understand them and corrupt data is refused, counted and skipped by the
-store, never decoded with pickle.
+Records are the store's own encoding ([`encode_record()`][podshare.persistence.base.encode_record]):
+a versioned msgpack array of one wire entry, decoded with every bound checked
+([`decode_record()`][podshare.persistence.base.decode_record]), so a backend never needs to
+understand them and corrupt data is refused, counted and skipped by the store, never decoded with
+pickle.
 
 ``shared`` says whether several processes write to the same place (one Redis, one
 NATS KV bucket): a shared backend is written by one elected replica at a time (see the
 durability docs), a private one (an SQLite file on a pod's volume) by its own replica.
 
 Implement the two methods (and ``shared``; ``aclose`` if you hold resources) to keep
-state anywhere; :func:`podshare.testing.check_persistence` verifies a backend.
+state anywhere; [`podshare.testing.check_persistence()`][podshare.testing.check_persistence]
+verifies a backend.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ _MAX_RECORD: Final = 512 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class PersistedState:
-    """What :meth:`Persistence.load` returns for one store.
+    """What [`Persistence.load()`][podshare.persistence.Persistence.load] returns for one store.
 
     Attributes:
         records: key -> record bytes (as written).
@@ -105,12 +108,13 @@ def encode_record(entry: WireEntry) -> bytes:
 
 
 def encode_raw_record(raw: list[Any]) -> bytes:
-    """:func:`encode_record` of an entry already packed as a list."""
+    """[`encode_record()`][podshare.persistence.base.encode_record] of an entry already packed as a
+    list."""
     return _encoder.encode([RECORD_VERSION, raw])
 
 
 def decode_record(data: bytes) -> WireEntry:
-    """Decode a record; raises :class:`~podshare.exceptions.DecodeError` for anything else.
+    """Decode a record; raises [`DecodeError`][podshare.DecodeError] for anything else.
 
     Example:
         >>> from podshare.crdt import Stamp

@@ -39,7 +39,7 @@ from podshare.persistence.stats import PersistenceStats
 
 __all__ = ["CORRUPT_RECORD", "MemoryPersistence"]
 
-#: What :meth:`MemoryPersistence.corrupt` stores by default: bytes that
+#: What `MemoryPersistence.corrupt()` stores by default: bytes that
 #: [`decode_record`][podshare.persistence.base.decode_record] refuses (``0xc1`` is never
 #: valid msgpack).
 CORRUPT_RECORD: Final = b"\xc1not a podshare record"

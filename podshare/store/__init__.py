@@ -1,4 +1,4 @@
-"""The replicated map: :class:`Store`, its events, statistics and value codecs.
+"""The replicated map: [`Store`][podshare.Store], its events, statistics and value codecs.
 
 Example:
     >>> from podshare.store import Store, EventKind

@@ -2,13 +2,14 @@
 
 Two layers (see ``docs/internals.md`` §2):
 
-- a :class:`Codec` is a *format*: ``encode(obj) -> bytes`` and ``decode(bytes) -> obj``
-  for plain data. podshare ships :class:`JsonCodec` (the default) and
-  :class:`MsgpackCodec`; any object with those two methods works (protobuf, CBOR, ...).
-- a :class:`ValueCodec` is a format plus typed conversion for one store's value type,
-  built by :func:`value_codec`. It validates on the way out (a value that would not
-  round-trip raises :class:`~podshare.exceptions.InvalidValue`) and on the way in
-  (anything malformed raises :class:`~podshare.exceptions.DecodeError`, never another
+- a [`Codec`][podshare.Codec] is a *format*: ``encode(obj) -> bytes`` and ``decode(bytes) -> obj``
+  for plain data. podshare ships [`JsonCodec`][podshare.JsonCodec] (the default) and
+  [`MsgpackCodec`][podshare.MsgpackCodec]; any object with those two methods works (protobuf, CBOR,
+  ...).
+- a `ValueCodec` is a format plus typed conversion for one store's value type,
+  built by [`value_codec()`][podshare.store.codec.value_codec]. It validates on the way out (a value
+  that would not round-trip raises [`InvalidValue`][podshare.InvalidValue]) and on the way in
+  (anything malformed raises [`DecodeError`][podshare.DecodeError], never another
   exception type, because those bytes come from the network).
 
 Value types with ``to_wire``/``from_wire`` (podshare's CRDTs, or the user's own) always
@@ -74,21 +75,23 @@ _REPR_LIMIT = 80
 class Codec(Protocol):
     """A serialisation format for plain data (dicts, lists, strings, numbers, ...).
 
-    ``encode`` raises :class:`~podshare.exceptions.InvalidValue` (or any ``TypeError``/
+    ``encode`` raises [`InvalidValue`][podshare.InvalidValue] (or any ``TypeError``/
     ``ValueError``, which podshare maps to it) for data it cannot represent; ``decode``
-    raises :class:`~podshare.exceptions.DecodeError` (or anything else, which podshare
+    raises [`DecodeError`][podshare.DecodeError] (or anything else, which podshare
     maps to it) for malformed bytes.
 
-    Example: a codec for CBOR would be ::
+    Example: a codec for CBOR would be
 
-        class CborCodec:
-            def encode(self, obj: Any) -> bytes:
-                return cbor2.dumps(obj)
+    ```python
+    class CborCodec:
+        def encode(self, obj: Any) -> bytes:
+            return cbor2.dumps(obj)
 
-            def decode(self, data: bytes) -> Any:
-                return cbor2.loads(data)
+        def decode(self, data: bytes) -> Any:
+            return cbor2.loads(data)
 
-        Store("app", transport, codec=CborCodec())
+    Store("app", transport, codec=CborCodec())
+    ```
     """
 
     def encode(self, obj: Any) -> bytes:
@@ -107,7 +110,7 @@ class JsonCodec:
         strict: in a typed store, reject received values that carry fields the value
             type does not declare (see [`value_codec`][podshare.store.codec.value_codec]).
             Plain data has no declared fields, so this changes nothing for
-            :meth:`decode` itself.
+            [`decode()`][podshare.JsonCodec.decode] itself.
 
     Example:
         >>> JsonCodec().decode(JsonCodec().encode({"a": [1, 2.5, None]}))
@@ -124,14 +127,14 @@ class JsonCodec:
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
     def encode(self, obj: Any) -> bytes:
-        """Serialise ``obj``; raises :class:`~podshare.exceptions.InvalidValue`."""
+        """Serialise ``obj``; raises [`InvalidValue`][podshare.InvalidValue]."""
         try:
             return self._encoder.encode(obj)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise InvalidValue(f"cannot encode {_short(obj)} as JSON: {exc}") from exc
 
     def decode(self, data: bytes) -> Any:
-        """Parse ``data``; raises :class:`~podshare.exceptions.DecodeError`."""
+        """Parse ``data``; raises [`DecodeError`][podshare.DecodeError]."""
         try:
             return self._decoder.decode(data)
         except Exception as exc:  # msgspec errors, RecursionError on deep nesting, ...
@@ -164,14 +167,14 @@ class MsgpackCodec:
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 
     def encode(self, obj: Any) -> bytes:
-        """Serialise ``obj``; raises :class:`~podshare.exceptions.InvalidValue`."""
+        """Serialise ``obj``; raises [`InvalidValue`][podshare.InvalidValue]."""
         try:
             return self._encoder.encode(obj)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise InvalidValue(f"cannot encode {_short(obj)} as msgpack: {exc}") from exc
 
     def decode(self, data: bytes) -> Any:
-        """Parse ``data``; raises :class:`~podshare.exceptions.DecodeError`."""
+        """Parse ``data``; raises [`DecodeError`][podshare.DecodeError]."""
         try:
             return self._decoder.decode(data)
         except Exception as exc:  # msgspec errors, RecursionError on deep nesting, ...
@@ -182,11 +185,11 @@ class MsgpackCodec:
 
 
 def resolve_codec(codec: Codec | str | None) -> Codec:
-    """Turn the ``codec`` option into a :class:`Codec`.
+    """Turn the ``codec`` option into a [`Codec`][podshare.Codec].
 
-    ``None`` and ``"json"`` give :class:`JsonCodec`, ``"msgpack"`` gives
-    :class:`MsgpackCodec`, and an object with ``encode`` and ``decode`` methods is used
-    as it is. Anything else raises :class:`~podshare.exceptions.ConfigurationError`
+    ``None`` and ``"json"`` give [`JsonCodec`][podshare.JsonCodec], ``"msgpack"`` gives
+    [`MsgpackCodec`][podshare.MsgpackCodec], and an object with ``encode`` and ``decode`` methods is
+    used as it is. Anything else raises [`ConfigurationError`][podshare.ConfigurationError]
     naming ``codec``.
 
     Example:
@@ -208,12 +211,13 @@ def resolve_codec(codec: Codec | str | None) -> Codec:
 
 
 class ValueCodec(Generic[T]):
-    """A format plus typed conversion for one store's values (built by :func:`value_codec`).
+    """A format plus typed conversion for one store's values (built by
+    [`value_codec()`][podshare.store.codec.value_codec]).
 
     Attributes:
         type: the value type (``None`` for plain JSON-like data).
-        codec: the underlying :class:`Codec` (``None`` for ``to_wire`` types, which always
-            travel as msgpack).
+        codec: the underlying [`Codec`][podshare.Codec] (``None`` for ``to_wire`` types, which
+            always travel as msgpack).
         empty: a callable giving the type's empty value (its bottom), or ``None`` when the
             type has none.
     """
@@ -225,13 +229,13 @@ class ValueCodec(Generic[T]):
     empty: Callable[[], T] | None
 
     def encode(self, value: T) -> bytes:
-        """Serialise ``value``; raises :class:`~podshare.exceptions.InvalidValue` when it
+        """Serialise ``value``; raises [`InvalidValue`][podshare.InvalidValue] when it
         does not match the type or cannot be encoded."""
         raise NotImplementedError
 
     def decode(self, data: bytes) -> T:
         """Parse ``data`` into a value of the type; raises
-        :class:`~podshare.exceptions.DecodeError` for anything malformed."""
+        [`DecodeError`][podshare.DecodeError] for anything malformed."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -241,9 +245,9 @@ class ValueCodec(Generic[T]):
 def value_codec(
     tp: Any | None, codec: Codec | str | None = None, *, strict: bool = False
 ) -> ValueCodec[Any]:
-    """Build the :class:`ValueCodec` for values of type ``tp`` in format ``codec``.
+    """Build the `ValueCodec` for values of type ``tp`` in format ``codec``.
 
-    This is the single entry point for value conversion: :class:`~podshare.Store` calls
+    This is the single entry point for value conversion: [`Store`][podshare.Store] calls
     it with its ``type`` and ``codec`` options (and forwards a ``strict=`` option to it).
 
     - ``tp`` with ``to_wire``/``from_wire`` (``GSet``, ``ORSet``, ``PNCounter``, ``YDoc``,
@@ -256,21 +260,21 @@ def value_codec(
       exactly ``dump_json(by_alias=True, round_trip=True)``; with another format they are
       that format's encoding of the same JSON-compatible data, validated as JSON on the
       way in. Validation errors of received bytes are
-      :class:`~podshare.exceptions.DecodeError`; a value that fails to serialise, or
+      [`DecodeError`][podshare.DecodeError]; a value that fails to serialise, or
       whose serialisation would not validate back into an equal value, is
-      :class:`~podshare.exceptions.InvalidValue`.
+      [`InvalidValue`][podshare.InvalidValue].
     - any other ``tp``: typed conversion by msgspec.
 
     Args:
         tp: the value type (``None`` for plain data).
-        codec: ``"json"`` (default), ``"msgpack"`` or a :class:`Codec`.
+        codec: ``"json"`` (default), ``"msgpack"`` or a [`Codec`][podshare.Codec].
         strict: reject received values with fields ``tp`` does not declare, at any depth
             (dataclasses, ``TypedDict``, attrs classes, ``Struct``\\ s, pydantic
             models). A codec object with a true ``strict`` attribute
             (``JsonCodec(strict=True)``) turns it on as well. It needs a value type
             without a wire form.
 
-    Raises :class:`~podshare.exceptions.ConfigurationError` naming ``codec``, ``type``
+    Raises [`ConfigurationError`][podshare.ConfigurationError] naming ``codec``, ``type``
     or ``strict`` when one is unusable.
 
     Example:

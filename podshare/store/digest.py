@@ -1,6 +1,6 @@
 """Digests: a tree of XOR hashes over a replica's entries, kept up to date as entries change.
 
-Every entry has a 63-bit *state hash* (:func:`lww_hash` of its key, stamp, flags and
+Every entry has a 63-bit *state hash* (`lww_hash()` of its key, stamp, flags and
 value bytes, or, for a merger entry, of its key, epoch and encoded state). A key's
 position is ``crc32(key)``; the top 4, 8 and 12 bits of it name its bucket at levels 1,
 2 and 3 (16, 256 and 4,096 buckets). A bucket's hash is the XOR of its entries' hashes,
@@ -10,7 +10,7 @@ holding the same states have the same digest whatever order the states arrived i
 
 A digest exchange descends the tree only where hashes differ: level 1, then the children
 of differing buckets at level 2, then at level 3, down to buckets small enough to
-compare key by key (:class:`DigestTree` keeps the keys of every level-3 bucket). A few
+compare key by key (`DigestTree` keeps the keys of every level-3 bucket). A few
 changed keys therefore ship a few keys' summaries, not most of the map, and no exchange
 walks every key: the CPU of one round is proportional to the buckets it names.
 
@@ -86,7 +86,7 @@ def _crc_of_origin(origin: str) -> int:
 def entry_hash(
     kc: int, time: int, counter: int, origin: str, flags: int, value: bytes | None
 ) -> int:
-    """:func:`lww_hash` from the key's position ``kc`` (``crc32`` of its UTF-8 bytes).
+    """`lww_hash()` from the key's position ``kc`` (``crc32`` of its UTF-8 bytes).
 
     CRC32 (in C) folds the value and the key together; the stamp, origin and flags are
     mixed in, and one multiplication makes the whole nonlinear, so that XOR-ing many

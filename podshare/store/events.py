@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 class EventKind(enum.Enum):
-    """What an :class:`Event` reports.
+    """What an [`Event`][podshare.Event] reports.
 
     ``SET``, ``DELETE`` and ``EXPIRED`` describe keys (``EXPIRED``: an entry written with
     ``ttl=`` reached its end, at the same stamp-derived instant on every replica).
@@ -58,7 +58,7 @@ class Event(NamedTuple, Generic[T]):
 
 @dataclass(slots=True)
 class Stats(StatsRecord):
-    """One store's counters and gauges, from :meth:`Store.stats` (a frozen snapshot).
+    """One store's counters and gauges, from `Store.stats()` (a frozen snapshot).
 
     Counters only grow; the gauges are ``watchers_active``, ``keys``, ``tombstones``,
     ``members``, ``writers_known`` and ``hydration_seconds``.

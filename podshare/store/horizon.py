@@ -4,13 +4,13 @@ Deletes are tombstones; a tombstone kept forever makes every delete win over the
 it superseded, however late they arrive. Tombstones must be forgotten eventually, and
 then an absent key is ambiguous: deleted long ago, or a write this replica never saw?
 
-A :class:`Horizon` answers that per writer. ``seen[origin]`` is a time such that this
+A `Horizon` answers that per writer. ``seen[origin]`` is a time such that this
 replica holds every write ``origin`` stamped at or before it (or a state that supersedes
 it). It grows only on evidence:
 
 - this node's own writes are applied when made: every write of this incarnation (stamped
   since it started) is held, and its own entry in the vector it sends is its clock
-  (unless another live process shares its node id: :meth:`Horizon.disown`);
+  (unless another live process shares its node id: `Horizon.disown()`);
 - after a completed sync with a peer, this replica holds everything the peer held when
   it answered, so it takes the peer's own clock for the peer and the larger of each
   entry of the peer's vector (the peer sends its whole vector with its answer).
@@ -28,7 +28,7 @@ Two rules follow, and they are the whole of the horizon (``docs/concepts.md``):
    (a partition, a node that has not synced), tombstones newer than its ``seen`` stay;
    so a node returning from a partition meets the deletes it missed.
 
-Entries stamped at or before :data:`SEED_TIME` (loaded with ``Store.seed``: older than
+Entries stamped at or before `SEED_TIME` (loaded with ``Store.seed``: older than
 any write) are never refused: they only fill keys a replica lacks, and whatever it holds
 wins over them.
 

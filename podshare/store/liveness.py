@@ -1,12 +1,12 @@
 """The anyio driver of liveness: one stream per process and transport, shared by its stores.
 
-Every :class:`~podshare.Store` (and callreply endpoint, whose route table is a store)
+Every [`Store`][podshare.Store] (and callreply endpoint, whose route table is a store)
 that a process opens on one transport with one node id attaches to the same
-:class:`LivenessAgent`: one :class:`~podshare.store.membership.Membership` core, one
+`LivenessAgent`: one `Membership` core, one
 subscription to the liveness topics, one ticker, one beacon however many stores there
 are. The agent owns no task group of its own: its tasks run in the task group of one
 attached store, its *host*. When the host closes, the next attached store hosts it;
-when the last one closes, the agent says goodbye (a :class:`~podshare.store.wire.Bye`)
+when the last one closes, the agent says goodbye (a `Bye`)
 and goes away. So nothing outlives the stores that use it, and structured concurrency
 holds.
 
@@ -131,7 +131,7 @@ class LivenessAgent:
 
     def detach(self, user: LivenessUser) -> bool:
         """Detach a store; returns True when it was the last (the agent then says goodbye:
-        the caller publishes :meth:`goodbye`'s message)."""
+        the caller publishes `goodbye()`'s message)."""
         if user in self._users:
             self._users.remove(user)
         if self._host is user:

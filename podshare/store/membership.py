@@ -1,11 +1,11 @@
 """Liveness: which incarnations of which nodes are alive, for every store on one transport.
 
-One :class:`Membership` runs per process (node id) and transport, whatever the number of
+One `Membership` runs per process (node id) and transport, whatever the number of
 stores and endpoints on it: a process is one node, with one liveness stream. It is
-sans-I/O like the replica: bytes and time go in (:meth:`Membership.receive`,
-:meth:`Membership.tick`), and the driver drains what it produced
-(:meth:`Membership.data_to_send`, :meth:`Membership.events_received`,
-:meth:`Membership.errors_received`).
+sans-I/O like the replica: bytes and time go in (`Membership.receive()`,
+`Membership.tick()`), and the driver drains what it produced
+(`Membership.data_to_send()`, `Membership.events_received()`,
+`Membership.errors_received()`).
 
 The protocol is a small SWIM. Its costs per node do not grow with the fleet:
 
@@ -13,7 +13,7 @@ The protocol is a small SWIM. Its costs per node do not grow with the fleet:
   ``nonce``, a start time and a *commitment* (a hash of a token its goodbye reveals).
   Everything is tracked per ``(node, nonce)``: a restart's ephemeral entries never
   outlive it because of a fast clock, and a second live process with the same node id
-  is seen at once (:class:`DuplicateNodeId`).
+  is seen at once ([`DuplicateNodeId`][podshare.exceptions.DuplicateNodeId]).
 - **Probes on a ring.** Live incarnations sit on a ring ordered by a hash of
   ``(node, nonce)``; each pings its ``monitors`` successors every
   ``heartbeat_interval`` and they answer to its inbox. A monitor that hears nothing from
@@ -25,7 +25,7 @@ The protocol is a small SWIM. Its costs per node do not grow with the fleet:
   periodically at an interval that grows with the fleet (so every node receives at most
   about ``beacons_per_second`` of them): they repair views that missed a message, and a
   node nobody probes (views disagree) is still caught, later.
-- **Goodbye.** A node leaving cleanly broadcasts :class:`~podshare.store.wire.Bye` with
+- **Goodbye.** A node leaving cleanly broadcasts `Bye` with
   the token of its commitment; a goodbye without it is ignored (counted): nobody with
   publish access can make a live node look gone.
 
@@ -288,7 +288,7 @@ class Membership:
         return max(opts.heartbeat_interval_ms, fleet_ms)
 
     def next_deadline(self) -> int:
-        """When :meth:`tick` is next due."""
+        """When `tick()` is next due."""
         return min(self._next_probe, self._next_beacon)
 
     # --- inputs ----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Message sizing beside the wire: how entries are split into messages below the size limit.
 
-Every message leaves :data:`ENVELOPE_SLACK` bytes of room for its envelope (tag, sender,
-nonce, the other fields) around its entries, and :func:`split` cuts a list of entries
-into groups whose sizes (upper bounds from :func:`~podshare.store.wire.entry_size`) stay
+Every message leaves `ENVELOPE_SLACK` bytes of room for its envelope (tag, sender,
+nonce, the other fields) around its entries, and `split()` cuts a list of entries
+into groups whose sizes (upper bounds from `entry_size()`) stay
 within a budget. An entry larger than the budget cannot exist: local writes refuse it
 (``InvalidValue``), so a group always fits.
 

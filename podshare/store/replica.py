@@ -1,30 +1,30 @@
 """The sans-I/O replica core: one node's copy of a replicated map, driven by calls, never by I/O.
 
-A :class:`Replica` is the core of one store on one node, in the websockets/h11 style:
+A `Replica` is the core of one store on one node, in the websockets/h11 style:
 inputs go in, outputs are drained.
 
 - **Inputs** (each takes ``now``, wall-clock milliseconds; nothing here reads a clock):
-  :meth:`~Replica.receive` (bytes from the store's topics), the local writes
-  (:meth:`~Replica.local_set`, :meth:`~Replica.local_set_many`,
-  :meth:`~Replica.local_delete`, :meth:`~Replica.local_delete_many`,
-  :meth:`~Replica.local_update`, :meth:`~Replica.seed`), :meth:`~Replica.tick`,
-  :meth:`~Replica.node_event` (liveness from the process's
-  :class:`~podshare.store.membership.Membership`), :meth:`~Replica.hydrate`,
-  :meth:`~Replica.request_sync`, :meth:`~Replica.cluster_evidence` and
-  :meth:`~Replica.leave`.
+  `receive()` (bytes from the store's topics), the local writes
+  (`local_set()`, `local_set_many()`,
+  `local_delete()`, `local_delete_many()`,
+  `local_update()`, `seed()`), `tick()`,
+  `node_event()` (liveness from the process's
+  `Membership`), `hydrate()`,
+  `request_sync()`, `cluster_evidence()` and
+  `leave()`.
 - **Outputs**, drained by the driver right after each input:
-  :meth:`~Replica.data_to_send` (messages to publish; queued local writes coalesced into
-  as few batches as fit), :meth:`~Replica.events_received` (events for watchers),
-  :meth:`~Replica.errors_received` (errors for ``on_error``) and
-  :meth:`~Replica.syncs_finished` (one :class:`~podshare.store.sync.SyncFinished` per
+  `data_to_send()` (messages to publish; queued local writes coalesced into
+  as few batches as fit), `events_received()` (events for watchers),
+  `errors_received()` (errors for ``on_error``) and
+  `syncs_finished()` (one `SyncFinished` per
   exchange this replica asked for). Whether data events are built at all is a setting,
-  :attr:`~Replica.emit_data_events`, changed when watchers come and go.
+  `emit_data_events`, changed when watchers come and go.
 
-What lives where: the map and its join rules in :mod:`podshare.store.state`, digests in
-:mod:`podshare.store.digest`, the sync exchange in :mod:`podshare.store.sync`, the
-horizon (what may be compacted, what is refused) in :mod:`podshare.store.horizon`,
-liveness in :mod:`podshare.store.membership`, message definitions and sizes in
-:mod:`podshare.store.wire` and :mod:`podshare.store.packing`.
+What lives where: the map and its join rules in `podshare.store.state`, digests in
+`podshare.store.digest`, the sync exchange in `podshare.store.sync`, the
+horizon (what may be compacted, what is refused) in `podshare.store.horizon`,
+liveness in `podshare.store.membership`, message definitions and sizes in
+`podshare.store.wire` and `podshare.store.packing`.
 
 Example:
     >>> from podshare.store.codec import value_codec
@@ -109,14 +109,14 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaOptions:
-    """Timing and size options of a :class:`Replica`; every time is in milliseconds.
+    """Timing and size options of a `Replica`; every time is in milliseconds.
 
     Attributes:
         tombstone_ttl_ms: a delete is remembered at least this long (and until the
-            horizon allows forgetting it; see :mod:`podshare.store.horizon`). 24 h.
+            horizon allows forgetting it; see `podshare.store.horizon`). 24 h.
         tombstone_hard_cap_ms: writers unheard of for this long are forgotten, and no
             tombstone outlives it. 7 days.
-        compaction_interval_ms: how often :meth:`Replica.tick` compacts tombstones.
+        compaction_interval_ms: how often `Replica.tick()` compacts tombstones.
         max_clock_skew_ms: the clock follows remote stamps at most this far ahead of
             the wall clock; senders further ahead are reported; entries stamped more than
             twice this far ahead are refused until time catches up.
@@ -418,7 +418,7 @@ class Replica(Generic[T]):
         return None
 
     def snapshot_stats(self) -> Stats:
-        """A frozen snapshot of :attr:`stats` with its gauges filled in."""
+        """A frozen snapshot of `stats` with its gauges filled in."""
         stats = self.stats
         stats.keys = len(self.values)
         stats.tombstones = self.state.tombstones()
@@ -428,7 +428,7 @@ class Replica(Generic[T]):
         return stats.snapshot()
 
     def next_deadline(self) -> int:
-        """The wall-clock ms at which :meth:`tick` is next due (cheap: a few fields)."""
+        """The wall-clock ms at which `tick()` is next due (cheap: a few fields)."""
         due = self._next_compaction
         hello = self._hello_at
         if hello is not None and hello < due:
@@ -477,7 +477,7 @@ class Replica(Generic[T]):
     ) -> None:
         """Write ``value`` at ``key`` (a merger store joins it into the key's state).
 
-        Applied at once and queued for :meth:`data_to_send`. ``ttl_ms``: the entry
+        Applied at once and queued for `data_to_send()`. ``ttl_ms``: the entry
         expires that long after its stamp, on every replica.
 
         Raises:
@@ -527,9 +527,9 @@ class Replica(Generic[T]):
         ephemeral: bool = False,
         ttl_ms: int | None = None,
     ) -> None:
-        """:meth:`local_set` for several keys, all validated before any is applied.
+        """`local_set()` for several keys, all validated before any is applied.
 
-        Raises :class:`~podshare.exceptions.InvalidValue` (nothing changed) when any
+        Raises [`InvalidValue`][podshare.InvalidValue] (nothing changed) when any
         value is refused or too large.
         """
         self.state.now = now
@@ -710,7 +710,7 @@ class Replica(Generic[T]):
         self._clock.observe(newest.stamp)
 
     def _bound_stamps(self, msg: wire.SyncData, now: int) -> wire.SyncData:
-        """The clock rules of :meth:`_on_writes` for a part of an entry stream: entries too
+        """The clock rules of `_on_writes()` for a part of an entry stream: entries too
         far ahead are refused, and the clock observes the rest before they are applied (a
         local write after hydration must order after what it replaces)."""
         entries = msg.entries
@@ -985,8 +985,8 @@ class Replica(Generic[T]):
             self._weigh_evidence(now, final=False)
 
     def _answers_expected(self) -> int:
-        """How many synced answers a joiner waits for (at most :data:`_COLLECT_MS`): about
-        :data:`_HELLO_ANSWERS` answer, fewer when the transport counts fewer others."""
+        """How many synced answers a joiner waits for (at most `_COLLECT_MS`): about
+        `_HELLO_ANSWERS` answer, fewer when the transport counts fewer others."""
         others = self._evidence_others
         if others is None:
             return _HELLO_ANSWERS
@@ -1075,14 +1075,14 @@ class Replica(Generic[T]):
     # --- persistence -------------------------------------------------------------------
 
     def track_changes(self, on: bool = True) -> None:
-        """Start (or stop) remembering which keys changed, for :meth:`persist_changes`."""
+        """Start (or stop) remembering which keys changed, for `persist_changes()`."""
         self.state.dirty = {} if on else None
 
     def persist_changes(
         self, now: int, *, everything: bool = False
     ) -> tuple[dict[str, bytes | None], bytes]:
         """Records of every key changed since the last call (``everything``: every key),
-        and the meta record; the changed keys are forgotten (see :meth:`changes_failed`).
+        and the meta record; the changed keys are forgotten (see `changes_failed()`).
 
         A key whose entry is gone, or is ephemeral (never persisted: a cold restart must
         not bring back a route to a dead pod), maps to ``None``.
@@ -1202,7 +1202,7 @@ class Replica(Generic[T]):
     def leave(self, now: int) -> None:
         """Closing: retract this replica's ephemeral entries and say goodbye to the store.
 
-        Call :meth:`data_to_send` afterwards and publish what it returns.
+        Call `data_to_send()` afterwards and publish what it returns.
         """
         self.state.now = now
         if self._left:

@@ -1,6 +1,6 @@
 """The map and its join rules: one replica's entries, and how local and remote writes land.
 
-:class:`MapState` holds a store's entries and keeps four things in step with them: the
+`MapState` holds a store's entries and keeps four things in step with them: the
 live values (``values``, what ``Store.get`` reads), the digest tree, the index of
 ephemeral entries by owner incarnation, and the heap of entries that expire. It applies
 entries the same way whoever sent them; every decision is here:
@@ -10,7 +10,7 @@ entries the same way whoever sent them; every decision is here:
   then the larger value bytes. A delete is a tombstone with its stamp.
 - **Merger keys** hold ``(epoch, value)``: a delete raises the epoch to its stamp and
   resets the value; writes join within an epoch; a higher epoch wins.
-- **Absent keys** follow the horizon (:mod:`podshare.store.horizon`): an entry for a key
+- **Absent keys** follow the horizon (`podshare.store.horizon`): an entry for a key
   this replica does not hold is refused only when this replica provably held that
   writer's writes up to its stamp (it was deleted here, its tombstone compacted).
 - **Ephemeral entries** live while their owner's incarnation does; **expiring entries**
@@ -18,8 +18,8 @@ entries the same way whoever sent them; every decision is here:
   so an expired entry never comes back and every replica agrees.
 
 The map never reads a clock and never raises for remote input: it appends
-:class:`~podshare.store.events.Event` values to the replica's event queue and counts
-into its :class:`~podshare.store.events.Stats` record.
+[`Event`][podshare.Event] values to the replica's event queue and counts
+into its [`Stats`][podshare.Stats] record.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ class MapState(Generic[T]):
         dirty.clear()
 
     def hash_of(self, key: str) -> int:
-        """The state hash of ``key``'s entry (call :meth:`refresh_digest` first)."""
+        """The state hash of ``key``'s entry (call `refresh_digest()` first)."""
         e = self.entries[key]
         if type(e) is WireEntry:
             return lww_hash(key, e.time, e.counter, e.origin, e.flags, e.value)
@@ -278,7 +278,7 @@ class MapState(Generic[T]):
         return out
 
     def raw(self, key: str) -> list[Any] | None:
-        """``key``'s entry packed as :func:`~podshare.store.wire.entry_list` would, or None."""
+        """``key``'s entry packed as `entry_list()` would, or None."""
         e = self.entries.get(key)
         if e is None:
             return None
@@ -401,7 +401,7 @@ class MapState(Generic[T]):
         return merged, delta, old.epoch
 
     def merge_local(self, key: str, merged: T, stamp: Stamp, epoch: Stamp) -> None:
-        """Install a local merger write prepared by :meth:`prepare_merge`."""
+        """Install a local merger write prepared by `prepare_merge()`."""
         old = self.entries.get(key)
         self._install(key, MergedEntry(merged, None, stamp, epoch, MERGED), old, merged)
         self.stats.writes_local += 1
@@ -428,7 +428,7 @@ class MapState(Generic[T]):
     # --- remote entries --------------------------------------------------------------
 
     def apply_one(self, we: WireEntry, now: int) -> None:
-        """:meth:`apply` of a single broadcast entry (the common message), inlined."""
+        """`apply()` of a single broadcast entry (the common message), inlined."""
         if self.merger is not None or we.flags or we.value is None:
             self.apply((we,), now)
             return
@@ -466,7 +466,7 @@ class MapState(Generic[T]):
             )
 
     def _install_plain(self, key: str, new: WireEntry, old: WireEntry | None, value: Any) -> None:
-        """:meth:`_install` when neither entry has flags (a plain value over a plain value
+        """`_install()` when neither entry has flags (a plain value over a plain value
         or over nothing): no index but the digest to keep in step."""
         self.entries[key] = new
         self.values[key] = value

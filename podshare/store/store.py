@@ -1,12 +1,12 @@
-"""The anyio driver: :class:`Store`, a replicated ``dict[str, T]`` over a transport.
+"""The anyio driver: [`Store`][podshare.Store], a replicated ``dict[str, T]`` over a transport.
 
-The store is a thin shell around the sans-I/O :class:`~podshare.store.replica.Replica`:
+The store is a thin shell around the sans-I/O `Replica`:
 it moves received bytes and the wall clock into the core, and after every input drains
 the core's outputs — events to watchers, errors to ``on_error``, messages to the
 transport, finished syncs to whoever waits for them. It never reads the core's counters
 to learn what happened. Background work (receivers, the flusher, the ticker,
 anti-entropy, and the process's shared liveness stream when this store hosts it) runs in
-the task group of :class:`~podshare._service.Service`, owned by ``async with``.
+the task group of `Service`, owned by ``async with``.
 
 Write path (group commit): a write is applied to the replica at once (reads see it
 immediately, watchers get their event), then the writer waits for the batch holding it
@@ -190,7 +190,7 @@ class Store(Service, Generic[T]):
             and no tombstone is kept longer (see "Tombstones" in the concepts page).
         compaction_interval: seconds between tombstone compactions.
         hydrate_timeout: the longest ``async with`` waits for peers to hand over state.
-        require_sync: raise [`NotSynced`][podshare.NotSynced] from ``async with`` when
+        require_sync: raise [`NotSynced`][podshare.exceptions.NotSynced] from ``async with`` when
             ``hydrate_timeout`` passes before the store is synced.
         max_clock_skew: seconds a remote stamp may be ahead before it is reported; the
             local clock follows stamps at most this far ahead, and entries more than
@@ -789,8 +789,8 @@ class Store(Service, Generic[T]):
     def version(self, key: str) -> Stamp | None:
         """The version of ``key``'s live value (its stamp), or ``None`` when absent.
 
-        Pass it to :meth:`try_set`. It is this replica's view: another pod may have
-        written a newer version that has not arrived yet.
+        Pass it to [`try_set()`][podshare.Store.try_set]. It is this replica's view: another pod may
+        have written a newer version that has not arrived yet.
         """
         self._check_readable()
         if key not in self._values:

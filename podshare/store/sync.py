@@ -12,23 +12,23 @@ one responder (P). Everything travels to the other side's inbox:
    key, what it lacks (it sends those keys on its WANT stream; P streams their entries
    back on the ANSWER stream) and what P lacks (R streams its entries on the PUSH
    stream). Entries the receiving side refuses as deleted there (see
-   :mod:`podshare.store.horizon`) come back in the acknowledgements, and the sender
+   `podshare.store.horizon`) come back in the acknowledgements, and the sender
    forgets them too.
 3. **Completion.** R is done when the ANSWER stream ended and every PUSH part was
    acknowledged; then R holds everything P held when it first answered, and adopts P's
    horizon vector. P adopts R's (sent with the first PUSH part) when the PUSH ended.
 
 Every stream is flow-controlled: parts are at most ``chunk_bytes``; a sender keeps at
-most ``window`` bytes unacknowledged, starting from :data:`INITIAL_WINDOW` and growing
+most ``window`` bytes unacknowledged, starting from `INITIAL_WINDOW` and growing
 by what is acknowledged (slow start), so a large transfer never floods a TCP send queue
 or Redis's pub/sub output buffer, a receiver never applies more than one part at a
 time, and a request nobody acknowledges costs its responder at most the first window.
 Unacknowledged parts are sent again after ``retransmit_ms``; an exchange with no
 progress for ``timeout_ms`` ends, as failed.
 
-:class:`SyncEngine` holds the exchanges of one replica, both roles; it is sans-I/O like
+`SyncEngine` holds the exchanges of one replica, both roles; it is sans-I/O like
 the rest of the core: messages go out through the replica's outbox, and each exchange R
-started ends with exactly one :class:`SyncFinished` notice.
+started ends with exactly one `SyncFinished` notice.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ class SyncEngine:
         return any(x.peer == peer for x in self.exchanges.values())
 
     def next_deadline(self) -> int | None:
-        """When :meth:`tick` is next due (a timeout or a retransmission), if ever."""
+        """When `tick()` is next due (a timeout or a retransmission), if ever."""
         due: int | None = None
         retransmit = self.limits.retransmit_ms
         for x in self.exchanges.values():

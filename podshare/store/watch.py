@@ -1,6 +1,6 @@
 """Watchers: the per-store registry that fans events out to bounded watcher buffers.
 
-A :class:`WatcherRegistry` belongs to one store. :meth:`WatcherRegistry.dispatch` is
+A `WatcherRegistry` belongs to one store. `WatcherRegistry.dispatch()` is
 synchronous and never blocks: each event goes through every watcher's filter first,
 then into that watcher's bounded buffer (a deque; the consumer is woken only when it
 waits). A watcher whose buffer is
@@ -101,17 +101,19 @@ class _Watcher(Generic[T]):
 
 
 class Watch(Generic[T]):
-    """The async iterator of :class:`~podshare.store.events.Event` that ``watch()`` yields.
+    """The async iterator of [`Event`][podshare.Event] that ``watch()`` yields.
 
     Iteration ends when the store closes or when this watcher was dropped because its
-    buffer filled up (check :attr:`dropped` to tell which). Events already buffered are
+    buffer filled up (check `dropped` to tell which). Events already buffered are
     delivered before the end.
 
-    Example::
+    Example:
 
-        async with store.watch(prefix="ws:") as events:
-            async for ev in events:
-                print(ev.kind, ev.key, ev.value)
+    ```python
+    async with store.watch(prefix="ws:") as events:
+        async for ev in events:
+            print(ev.kind, ev.key, ev.value)
+    ```
     """
 
     __slots__ = ("_watcher",)
@@ -226,10 +228,10 @@ class WatcherRegistry(Generic[T]):
         members: bool = False,
         filter: Callable[[Event[T]], object] | None = None,  # the public name
     ) -> AbstractAsyncContextManager[Watch[T]]:
-        """An async context manager yielding a :class:`Watch` filtered by key or prefix
+        """An async context manager yielding a `Watch` filtered by key or prefix
         (and ``filter``, a callable taking an event and returning whether to keep it).
 
-        Raises :class:`~podshare.exceptions.ConfigurationError` for both ``key`` and
+        Raises [`ConfigurationError`][podshare.ConfigurationError] for both ``key`` and
         ``prefix``, a non-string filter, a ``filter`` that is not callable, or a
         ``buffer`` that is not a positive int.
         """
@@ -408,6 +410,7 @@ def _discard(watchers: list[_Watcher[Any]], watcher: _Watcher[Any]) -> None:
 
 
 def check_buffer(name: str, value: object) -> None:
-    """Raise :class:`ConfigurationError` naming ``name`` unless ``value`` is an int ≥ 1."""
+    """Raise [`ConfigurationError`][podshare.ConfigurationError] naming ``name`` unless ``value`` is
+    an int ≥ 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")

@@ -1,7 +1,7 @@
 """The wire format: every message podshare's replicas and liveness exchange, each defined once.
 
 Every message is one msgpack array ``[tag, sender, nonce, *fields]``, decoded straight
-into the :class:`msgspec.Struct` below that defines it (``array_like``, typed and bounded
+into the `msgspec.Struct` below that defines it (``array_like``, typed and bounded
 field by field, so decoding untrusted bytes validates every type, range and length in C
 and allocates nothing a peer's claim sizes). ``tag`` is ``VERSION << 8 | kind``: an
 unknown version or kind is an unknown tag. ``sender`` is the node id, ``nonce`` the
@@ -16,28 +16,28 @@ inbox); liveness messages on ``pl/live`` and ``pl/live#{node}``:
 ======================  =========  ===========================================================
 message                 topic      meaning
 ======================  =========  ===========================================================
-:class:`Writes`         broadcast  a batch of local writes
-:class:`Hello`          broadcast  a replica joined (or rejoins) and asks synced peers to answer
-:class:`HelloAck`       inbox      a peer's answer: synced?, keys, transfers it serves
-:class:`Leave`          broadcast  a replica of this store closed (it serves no more syncs)
-:class:`SyncRequest`    inbox      one round of a digest exchange (or a full-transfer request)
-:class:`SyncReply`      inbox      the differing buckets, the responder's frontier vector
-:class:`SyncKeys`       inbox      a part of the responder's key summaries of final buckets
-:class:`SyncWant`       inbox      the requester asks for these keys' entries
-:class:`SyncData`       inbox      a part of an entry stream (answer or push), acknowledged
-:class:`SyncAck`        inbox      a part arrived; entries refused as deleted ride along
-:class:`Alive`          live       liveness: incarnation, refutation version, commitment
-:class:`Ping`           live inbox a liveness probe
-:class:`Ack`            live inbox the probe's answer
-:class:`Suspect`        live       a probe failed: the target refutes or is down after a while
-:class:`Bye`            live       a clean goodbye, proven with the token committed in Alive
-:class:`Members`        live inbox the member list handed to a newcomer
+`Writes`         broadcast  a batch of local writes
+`Hello`          broadcast  a replica joined (or rejoins) and asks synced peers to answer
+`HelloAck`       inbox      a peer's answer: synced?, keys, transfers it serves
+`Leave`          broadcast  a replica of this store closed (it serves no more syncs)
+`SyncRequest`    inbox      one round of a digest exchange (or a full-transfer request)
+`SyncReply`      inbox      the differing buckets, the responder's frontier vector
+`SyncKeys`       inbox      a part of the responder's key summaries of final buckets
+`SyncWant`       inbox      the requester asks for these keys' entries
+`SyncData`       inbox      a part of an entry stream (answer or push), acknowledged
+`SyncAck`        inbox      a part arrived; entries refused as deleted ride along
+`Alive`          live       liveness: incarnation, refutation version, commitment
+`Ping`           live inbox a liveness probe
+`Ack`            live inbox the probe's answer
+`Suspect`        live       a probe failed: the target refutes or is down after a while
+`Bye`            live       a clean goodbye, proven with the token committed in Alive
+`Members`        live inbox the member list handed to a newcomer
 ======================  =========  ===========================================================
 
-An entry (:class:`WireEntry`) is ``[key, time, counter, origin, flags, value,
+An entry (`WireEntry`) is ``[key, time, counter, origin, flags, value,
 epoch_time, epoch_counter, epoch_origin, owner_nonce, expires]``; ``flags`` is a bit set
-of :data:`TOMBSTONE`, :data:`EPHEMERAL`, :data:`MERGED` and :data:`EXPIRING`. Trailing
-``nil`` fields are left out when packing (:func:`entry_list`).
+of `TOMBSTONE`, `EPHEMERAL`, `MERGED` and `EXPIRING`. Trailing
+``nil`` fields are left out when packing (`entry_list()`).
 
 Example:
     >>> from podshare.crdt import Stamp
@@ -157,14 +157,14 @@ TAG_MEMBERS: Final = _tag(22)
 
 
 class WireEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """One key's state (or a write's delta) as it travels; build it with :func:`make_entry`.
+    """One key's state (or a write's delta) as it travels; build it with `make_entry()`.
 
     Attributes:
         key: the key.
         time, counter, origin: the write's stamp (a merger entry: the highest stamp
             merged into it); ``origin`` is the writer.
-        flags: a bit set of :data:`TOMBSTONE`, :data:`EPHEMERAL`, :data:`MERGED`,
-            :data:`EXPIRING`.
+        flags: a bit set of `TOMBSTONE`, `EPHEMERAL`, `MERGED`,
+            `EXPIRING`.
         value: the value codec's bytes; ``None`` exactly for a tombstone.
         epoch_time, epoch_counter, epoch_origin: a merger entry's epoch (present
             exactly when ``MERGED`` is set).
@@ -228,7 +228,7 @@ def make_entry(
     owner_nonce: int | None = None,
     expires: int | None = None,
 ) -> WireEntry:
-    """Build a :class:`WireEntry` from stamps (the caller keeps it consistent)."""
+    """Build a `WireEntry` from stamps (the caller keeps it consistent)."""
     if epoch is None:
         return WireEntry(
             key, stamp[0], stamp[1], stamp[2], flags, value, None, None, None, owner_nonce, expires
@@ -283,7 +283,7 @@ class KeySummary(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class MemberInfo(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """One live incarnation in a :class:`Members` list."""
+    """One live incarnation in a `Members` list."""
 
     node: Node
     nonce: Nonce
@@ -315,7 +315,7 @@ class Writes(_Message, tag=TAG_WRITES, frozen=True, gc=False):
 
 
 class Hello(_Message, tag=TAG_HELLO, frozen=True, gc=False):
-    """A replica announces itself; ``ask``: synced peers, answer with a :class:`HelloAck`."""
+    """A replica announces itself; ``ask``: synced peers, answer with a `HelloAck`."""
 
     sent_at: Time
     synced: bool
@@ -370,12 +370,12 @@ SYNC_UNKNOWN: Final = 3
 
 
 class SyncReply(_Message, tag=TAG_SYNC_REPLY, frozen=True, gc=False):
-    """The responder's answer to one :class:`SyncRequest` round.
+    """The responder's answer to one `SyncRequest` round.
 
     ``differ``: buckets of ``level`` whose hashes differ and that the requester should
     descend into; ``final``: differing buckets the responder summarises key by key on
-    its :class:`SyncKeys` stream. ``vector`` (first reply only) is the responder's
-    horizon: ``[origin, time]`` pairs (see :mod:`podshare.store.horizon`).
+    its `SyncKeys` stream. ``vector`` (first reply only) is the responder's
+    horizon: ``[origin, time]`` pairs (see `podshare.store.horizon`).
     """
 
     sync_id: U63
@@ -447,7 +447,7 @@ class Alive(_Message, tag=TAG_ALIVE, frozen=True, gc=False):
 
     ``version`` grows when the node refutes a suspicion; ``started_at`` (wall ms) orders
     a restart after the life it replaces; ``commitment`` is the hash of the token its
-    :class:`Bye` will reveal; ``join`` asks a ring neighbour for the member list;
+    `Bye` will reveal; ``join`` asks a ring neighbour for the member list;
     ``interval_ms`` is the sender's current interval between Alive broadcasts.
     """
 
@@ -467,7 +467,7 @@ class Ping(_Message, tag=TAG_PING, frozen=True, gc=False):
 
 
 class Ack(_Message, tag=TAG_ACK, frozen=True, gc=False):
-    """The answer to a :class:`Ping`: who answered, at which incarnation and version."""
+    """The answer to a `Ping`: who answered, at which incarnation and version."""
 
     probe: U63
     version: U63
@@ -538,7 +538,7 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def encode(msg: Message) -> bytes:
-    """Encode ``msg`` (entries are packed as they are; see :func:`encode_raw`).
+    """Encode ``msg`` (entries are packed as they are; see `encode_raw()`).
 
     Example:
         >>> decode(encode(Leave("pod-a", 9)), max_size=64)
@@ -550,10 +550,10 @@ def encode(msg: Message) -> bytes:
 
 
 def encode_raw(msg: Writes | SyncData, raw: list[list[Any]]) -> bytes:
-    """Encode ``msg`` with ``raw`` (:func:`entry_list`-shaped lists) as its entries.
+    """Encode ``msg`` with ``raw`` (`entry_list()`-shaped lists) as its entries.
 
     ``msg.entries`` is ignored: a replica shipping its own state packs lists straight
-    from its entries, without building a :class:`WireEntry` per key.
+    from its entries, without building a `WireEntry` per key.
     """
     fields: list[Any] = [_TAG[type(msg)], *msgspec.structs.astuple(msg)]
     fields[_ENTRIES_AT[type(msg)]] = raw
@@ -622,7 +622,7 @@ def echo_prefix(sender: str, nonce: int) -> bytes:
 def decode_unless_own(
     data: bytes | bytearray | memoryview, own: str | None, nonce: int, max_size: int
 ) -> Message | None:
-    """:func:`decode`, but ``None`` (the body left undecoded) for this node's own echo.
+    """`decode()`, but ``None`` (the body left undecoded) for this node's own echo.
 
     An echo is a message whose sender is ``own`` *and* whose nonce is ``nonce``; a
     message with this node's id and another nonce comes from a second process using the

@@ -3,9 +3,9 @@
 ``check_merger`` / ``MergerLaws`` prove that a merge is a CRDT join (commutative,
 associative, idempotent, convergent under any delivery order with duplicates).
 ``check_transport`` / ``TransportConformance`` check a transport against the contract of
-:class:`~podshare.transport.Transport`.
+[`Transport`][podshare.transport.Transport].
 ``check_persistence`` / ``PersistenceConformance`` check a persistence backend against
-the contract of :class:`~podshare.persistence.Persistence`.
+the contract of [`Persistence`][podshare.persistence.Persistence].
 ``SimNetwork`` runs a deterministic in-thread cluster of replica cores on a simulated
 network that drops, duplicates, reorders and partitions, with a fake clock.
 

@@ -1,32 +1,35 @@
 """Transport conformance: check that a transport keeps the contract podshare relies on.
 
 Anyone carrying podshare over their own wire implements three methods
-(:class:`~podshare.transport.Transport`) and proves them with :func:`check_transport`,
-or with the pytest mixin :class:`TransportConformance`, which runs each property as its
-own test. podshare's memory, Redis and TCP transports pass the same checks.
+([`Transport`][podshare.transport.Transport]) and proves them with
+[`check_transport()`][podshare.testing.check_transport], or with the pytest mixin
+[`TransportConformance`][podshare.testing.TransportConformance], which runs each property as its own
+test. podshare's memory, Redis and TCP transports pass the same checks.
 
 Optional capabilities are checked when the transport offers them:
-:class:`~podshare.transport.ClusterReadiness` (``wait_ready()`` returns),
-:class:`~podshare.transport.SubscriberCounting` (``remote_subscribers(topic)`` is
+[`ClusterReadiness`][podshare.transport.ClusterReadiness] (``wait_ready()`` returns),
+[`SubscriberCounting`][podshare.transport.SubscriberCounting] (``remote_subscribers(topic)`` is
 ``None`` or agrees with the subscriptions the check makes) and a ``stats()`` method
 returning a podshare-style record (a dataclass snapshot of non-negative counters).
 
 Example, with the memory transport (two transports on one network stand for two
-processes)::
+processes):
 
-    import pytest
-    from podshare.testing import TransportConformance, check_transport
-    from podshare.transport import MemoryNetwork, MemoryTransport
+```python
+import pytest
+from podshare.testing import TransportConformance, check_transport
+from podshare.transport import MemoryNetwork, MemoryTransport
 
-    @pytest.mark.anyio
-    async def test_my_transport() -> None:
-        network = MemoryNetwork()
-        await check_transport(lambda: MemoryTransport(network=network))
+@pytest.mark.anyio
+async def test_my_transport() -> None:
+    network = MemoryNetwork()
+    await check_transport(lambda: MemoryTransport(network=network))
 
-    @pytest.mark.anyio
-    class TestMyTransport(TransportConformance):
-        def transport_factory(self):
-            return MyTransport(url="...")   # a new, unopened instance per call
+@pytest.mark.anyio
+class TestMyTransport(TransportConformance):
+    def transport_factory(self):
+        return MyTransport(url="...")   # a new, unopened instance per call
+```
 """
 
 from __future__ import annotations
@@ -431,7 +434,7 @@ async def check_transport(
 
     ``factory()`` must return a new, unopened transport (an async context manager that
     yields it); it is called twice, and the two instances stand for two processes on the
-    same medium (the same broker, mesh or :class:`~podshare.transport.MemoryNetwork`).
+    same medium (the same broker, mesh or [`MemoryNetwork`][podshare.transport.MemoryNetwork]).
     Each instance is entered with ``async with`` and left at the end.
 
     Properties checked, in order, on topics under ``{topic_prefix}/{random}/``:
@@ -447,14 +450,14 @@ async def check_transport(
     7. bytes arrive intact and as ``bytes``: empty, all 256 byte values, 100 KiB, and
        exactly ``max_message_size`` when declared (up to 4 MiB);
     8. a message of ``max_message_size + 1`` bytes raises
-       :class:`~podshare.exceptions.MessageTooLarge` (when declared, up to 4 MiB);
+       [`MessageTooLarge`][podshare.MessageTooLarge] (when declared, up to 4 MiB);
     9. 200 messages from one publisher on one topic arrive in order, on both instances;
     10. publishing to a topic without subscribers succeeds;
-    11. with :class:`~podshare.transport.ClusterReadiness`: ``wait_ready()`` returns on
+    11. with [`ClusterReadiness`][podshare.transport.ClusterReadiness]: ``wait_ready()`` returns on
         both instances while they are open;
-    12. with :class:`~podshare.transport.SubscriberCounting`: ``remote_subscribers(topic)``
-        is ``None`` or an ``int >= 0`` that comes to agree with the subscriptions the
-        check makes: 0 for a new topic; 1 while the other instance subscribes (two
+    12. with [`SubscriberCounting`][podshare.transport.SubscriberCounting]:
+        ``remote_subscribers(topic)`` is ``None`` or an ``int >= 0`` that comes to agree with the
+        subscriptions the check makes: 0 for a new topic; 1 while the other instance subscribes (two
         subscriptions of one instance are one process); an instance's own
         subscriptions never count; 0 again once everyone left. Counts are re-read
         until they agree, within ``receive_timeout``, since they may travel between
@@ -463,7 +466,7 @@ async def check_transport(
         snapshot that later traffic does not change, of non-negative counters, with the
         shared names (``gaps_reported``, not ``gaps``; ``stats()``, not ``statistics()``);
     14. ``aclose`` is idempotent, and ``publish`` and entering ``subscribe`` afterwards
-        raise :class:`~podshare.exceptions.ClosedError`.
+        raise [`ClosedError`][podshare.ClosedError].
 
     Every wait for a message is bounded by ``receive_timeout`` seconds. Call it from an
     async test (any anyio backend your transport supports).
@@ -472,11 +475,13 @@ async def check_transport(
         AssertionError: ``"transport conformance: <property>: <what went wrong>"`` for
             the first property that fails.
 
-    Example::
+    Example:
 
-        @pytest.mark.anyio
-        async def test_conformance(redis_url: str) -> None:
-            await check_transport(lambda: RedisTransport(redis_url))
+    ```python
+    @pytest.mark.anyio
+    async def test_conformance(redis_url: str) -> None:
+        await check_transport(lambda: RedisTransport(redis_url))
+    ```
     """
     await _run(factory, _CHECKS, topic_prefix, receive_timeout)
 
@@ -484,13 +489,16 @@ async def check_transport(
 class TransportConformance:
     """The conformance properties as a pytest mixin: one test per property.
 
-    Subclass it, mark the class for anyio, and define :meth:`transport_factory` (a new,
-    unopened transport per call; two calls stand for two processes)::
+    Subclass it, mark the class for anyio, and define
+    [`transport_factory()`][podshare.testing.TransportConformance.transport_factory] (a new,
+    unopened transport per call; two calls stand for two processes):
 
-        @pytest.mark.anyio
-        class TestMyTransport(TransportConformance):
-            def transport_factory(self) -> MyTransport:
-                return MyTransport(url="...")
+    ```python
+    @pytest.mark.anyio
+    class TestMyTransport(TransportConformance):
+        def transport_factory(self) -> MyTransport:
+            return MyTransport(url="...")
+    ```
 
     The tests run under every backend your ``anyio_backend`` fixture selects. Set
     ``conformance_timeout`` to change the bound on each wait (seconds).

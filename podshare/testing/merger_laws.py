@@ -2,9 +2,10 @@
 
 A merge function makes replicas converge only if it is commutative, associative and
 idempotent; then any replicas that receive the same updates, in any order and with any
-duplicates, end in the same state. :func:`check_merger` checks all four properties
-over values drawn from a strategy you supply, and fails with a shrunk, minimal
-counterexample; :class:`MergerLaws` runs the same checks as pytest test methods.
+duplicates, end in the same state. [`check_merger()`][podshare.testing.check_merger] checks all four
+properties over values drawn from a strategy you supply, and fails with a shrunk, minimal
+counterexample; [`MergerLaws`][podshare.testing.MergerLaws] runs the same checks as pytest test
+methods.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LAWS", "MergerLaws", "check_merger"]
 
-#: The laws, in the order :func:`check_merger` checks them.
+#: The laws, in the order `check_merger()` checks them.
 LAWS = ("commutativity", "associativity", "idempotence", "convergence")
 
 
@@ -197,7 +198,7 @@ def check_merger(
     ``to_wire()``, equal results must also have equal wire forms.
 
     Args:
-        merger_or_type: a :class:`~podshare.crdt.Merger` instance (``merge(a, b)``) or a
+        merger_or_type: a [`Merger`][podshare.crdt.Merger] instance (``merge(a, b)``) or a
             value type with a ``merge(self, other)`` method.
         values: a Hypothesis strategy of values (states) to merge. Draw them as your
             replicas would make them (by applying operations), not arbitrary structures
@@ -229,7 +230,8 @@ def check_merger(
 
 
 class MergerLaws:
-    """The laws of :func:`check_merger` as a pytest mixin: one test method per law.
+    """The laws of [`check_merger()`][podshare.testing.check_merger] as a pytest mixin: one test
+    method per law.
 
     Subclass it in a class whose name starts with ``Test``, set ``merger`` (a merger
     instance or a type with a ``merge`` method) and ``values`` (a strategy of states),

@@ -422,8 +422,10 @@ async def check_persistence(
 class PersistenceConformance:
     """The persistence conformance checks as a pytest mixin: one test per property.
 
-    Subclass it, mark the class for anyio, and define :meth:`persistence_factory`;
-    define :meth:`break_writes` too to check that a failed write changes nothing:
+    Subclass it, mark the class for anyio, and define
+    [`persistence_factory()`][podshare.testing.PersistenceConformance.persistence_factory]; define
+    [`break_writes()`][podshare.testing.PersistenceConformance.break_writes] too to check that a
+    failed write changes nothing:
 
     ```python
     @pytest.mark.anyio

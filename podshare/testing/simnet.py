@@ -1,9 +1,9 @@
 """A simulated network: a deterministic, in-thread cluster of replicas with faults and a fake clock.
 
-:class:`SimNetwork` drives the sans-I/O cores directly, exactly as
-:class:`~podshare.Store` does (no anyio, no sockets, no real time): each node runs one
-:class:`~podshare.store.membership.Membership` (its liveness stream) and one
-:class:`~podshare.store.replica.Replica` of the store. A test or a Hypothesis state
+[`SimNetwork`][podshare.testing.SimNetwork] drives the sans-I/O cores directly, exactly as
+[`Store`][podshare.Store] does (no anyio, no sockets, no real time): each node runs one
+`Membership` (its liveness stream) and one
+`Replica` of the store. A test or a Hypothesis state
 machine can run a whole cluster in one thread and replay any failure from its seed.
 Messages in flight can be dropped, duplicated and reordered; nodes can be partitioned,
 healed, crashed, made to leave and join; each node may run its clock ahead or behind.
@@ -53,7 +53,7 @@ _STORE, _LIVE = 0, 1
 
 @dataclass
 class SimNode:
-    """One node of a :class:`SimNetwork`.
+    """One node of a [`SimNetwork`][podshare.testing.SimNetwork].
 
     Attributes:
         node_id: the node's id.
@@ -82,8 +82,8 @@ class SimNetwork:
         value_type: the store's value type (``None``: plain JSON-like data).
         merger: the store's merger; default ``merger_for(value_type)``.
         codec: the value codec's format (``"json"``, ``"msgpack"`` or a ``Codec``).
-        options: every replica's :class:`~podshare.store.replica.ReplicaOptions`.
-        liveness: every node's :class:`~podshare.store.membership.LivenessOptions`.
+        options: every replica's `ReplicaOptions`.
+        liveness: every node's `LivenessOptions`.
         start_ms: the fake clock's start.
         drop: probability that a delivery is lost.
         duplicate: probability that a delivered message is delivered again later.

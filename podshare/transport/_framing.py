@@ -4,25 +4,27 @@ Nothing here touches a socket, a clock or a random source: bytes and calls go in
 and bytes come out. `TcpTransport` only moves bytes between
 a stream and a `PeerProtocol`, so Hypothesis can drive the parser directly.
 
-Wire format (all integers big-endian)::
+Wire format (all integers big-endian):
 
-    stream   := preamble frame*
-    preamble := b"PSTP" version:u8                     version 1
-    frame    := length:u32 body[length]                1 <= length <= max_frame_size
-    body     := kind:u8 fields [mac:32]
-    HELLO       (kind 1) := flags:u8 nonce:16 id_len:u8 node_id listen_port:u16
-                            (flags bit 0: a secret is in use; bit 1: the sender
-                            announces its subscriptions; port 0: not listening)
-    AUTH        (kind 2) := proof:32
-    MESSAGE     (kind 3) := topic_len:u16 topic payload
-    PING        (kind 4) := (nothing)
-    BARRIER     (kind 5) := id:u64   "answer after everything you sent so far"
-    BARRIER_ACK (kind 6) := id:u64   the answer, ordered after those messages
-    PEERS       (kind 7) := count:u16 (len:u8 address)*   "host:port" of other peers
-    TOPIC       (kind 8) := op:u8 topic                  the sender's subscriptions:
-                            op 1 ADD topic, op 2 REMOVE topic, op 3 ALL (count the
-                            sender for every topic; empty topic), op 4 COMPLETE (the
-                            initial announcement is over; empty topic)
+```text
+stream   := preamble frame*
+preamble := b"PSTP" version:u8                     version 1
+frame    := length:u32 body[length]                1 <= length <= max_frame_size
+body     := kind:u8 fields [mac:32]
+HELLO       (kind 1) := flags:u8 nonce:16 id_len:u8 node_id listen_port:u16
+                        (flags bit 0: a secret is in use; bit 1: the sender
+                        announces its subscriptions; port 0: not listening)
+AUTH        (kind 2) := proof:32
+MESSAGE     (kind 3) := topic_len:u16 topic payload
+PING        (kind 4) := (nothing)
+BARRIER     (kind 5) := id:u64   "answer after everything you sent so far"
+BARRIER_ACK (kind 6) := id:u64   the answer, ordered after those messages
+PEERS       (kind 7) := count:u16 (len:u8 address)*   "host:port" of other peers
+TOPIC       (kind 8) := op:u8 topic                  the sender's subscriptions:
+                        op 1 ADD topic, op 2 REMOVE topic, op 3 ALL (count the
+                        sender for every topic; empty topic), op 4 COMPLETE (the
+                        initial announcement is over; empty topic)
+```
 
 A new subscription sends a BARRIER to every connected peer and ignores each peer's
 messages until that peer's BARRIER_ACK arrives: exactly the messages a peer published

@@ -33,18 +33,20 @@ Example:
     >>> anyio.run(main)
     b'hello' 1
 
-Wire format (version 1), all integers big-endian::
+Wire format (version 1), all integers big-endian:
 
-    offset  size  field
-         0     1  version       1
-         1     1  suite         1: HMAC-SHA256 tag; 2: AES-256-GCM (payload encrypted)
-         2     4  key id        which secret sealed it (a fingerprint, see below)
-         6    16  sender        random per Authenticator (per process, per transport)
-        22     8  sequence      counts the sender's messages from 1, across topics
-        30     8  time          the sender's wall clock, ms since the Unix epoch
-        38     n  payload       (ciphertext in suite 2)
-      38+n    16  tag           HMAC-SHA256(topic key, bytes 0..38+n) truncated to 128 bits,
-                                or the GCM tag (the 38 header bytes are its associated data)
+```text
+offset  size  field
+     0     1  version       1
+     1     1  suite         1: HMAC-SHA256 tag; 2: AES-256-GCM (payload encrypted)
+     2     4  key id        which secret sealed it (a fingerprint, see below)
+     6    16  sender        random per Authenticator (per process, per transport)
+    22     8  sequence      counts the sender's messages from 1, across topics
+    30     8  time          the sender's wall clock, ms since the Unix epoch
+    38     n  payload       (ciphertext in suite 2)
+  38+n    16  tag           HMAC-SHA256(topic key, bytes 0..38+n) truncated to 128 bits,
+                            or the GCM tag (the 38 header bytes are its associated data)
+```
 
 **Keys.** From each secret ``S``: ``prk = HMAC-SHA256("podshare/auth/v1", S)`` (an HKDF
 extract with a fixed, versioned salt), then HKDF-expand steps
@@ -149,12 +151,12 @@ VERSION = 1
 _SUITE_MAC = 1  # HMAC-SHA256, truncated to 128 bits
 _SUITE_AEAD = 2  # AES-256-GCM
 _HEADER = struct.Struct(">BB4s16sQQ")  # version, suite, key id, sender, sequence, time ms
-#: Bytes of the fixed header every message starts with.
 HEADER_SIZE = _HEADER.size
-#: Bytes of the tag every message ends with (128 bits).
+"""Bytes of the fixed header every message starts with."""
 TAG_SIZE = 16
-#: Bytes a sealed message has beyond its payload.
+"""Bytes of the tag every message ends with (128 bits)."""
 OVERHEAD = HEADER_SIZE + TAG_SIZE
+"""Bytes a sealed message has beyond its payload."""
 _SENDER_SIZE = 16
 _MAX_SEQ = 2**64 - 1
 _MAX_TIME_MS = 2**64 - 1
@@ -692,11 +694,12 @@ class RefusalLog:
 
 # --- the transport wrapper ---------------------------------------------------------------
 
-#: Optional capabilities (methods) of the inner transport that
-#: [`Authenticated`][podshare.transport.auth.Authenticated] exposes as they are, when (and only
-#: when) the inner transport has them. A capability that must see the authenticated
-#: payloads, or a plain attribute, needs its own code in the wrapper instead.
 FORWARDED: tuple[str, ...] = ("add_gap_listener",)
+"""Optional capabilities (methods) of the inner transport that
+[`Authenticated`][podshare.transport.auth.Authenticated] exposes as they are, when (and only
+when) the inner transport has them. A capability that must see the authenticated payloads, or a
+plain attribute, needs its own code in the wrapper instead.
+"""
 
 
 class Authenticated:

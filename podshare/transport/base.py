@@ -1,38 +1,40 @@
 """The Transport protocol: three byte-level methods any wire can implement.
 
 A transport moves opaque ``bytes`` between processes on named topics. podshare's stores
-and callreply endpoints need nothing more::
+and callreply endpoints need nothing more:
 
-    class Transport(Protocol):
-        async def publish(self, topic: str, message: bytes) -> None: ...
-        def subscribe(self, topic: str) -> AsyncContextManager[AsyncIterator[bytes]]: ...
-        async def aclose(self) -> None: ...
+```python
+class Transport(Protocol):
+    async def publish(self, topic: str, message: bytes) -> None: ...
+    def subscribe(self, topic: str) -> AsyncContextManager[AsyncIterator[bytes]]: ...
+    async def aclose(self) -> None: ...
+```
 
-Contract (checked by :func:`podshare.testing.check_transport`):
+Contract (checked by [`podshare.testing.check_transport()`][podshare.testing.check_transport]):
 
 - ``publish`` delivers ``message`` to every live subscription of ``topic`` in every
   process, *possibly including the publisher's own*; receivers filter by node id.
   Delivery is at most once per subscription and may be lost on failure; podshare's
-  anti-entropy repairs losses. ``publish`` raises :class:`~podshare.exceptions.TransportError`
+  anti-entropy repairs losses. ``publish`` raises [`TransportError`][podshare.TransportError]
   when it knows the message did not go out (not connected, refused), and
-  :class:`~podshare.exceptions.MessageTooLarge` for a message above ``max_message_size``.
+  [`MessageTooLarge`][podshare.MessageTooLarge] for a message above ``max_message_size``.
 - ``subscribe`` returns an async context manager; entering it subscribes (messages
   published after ``__aenter__`` returns are delivered), iterating yields messages in the
   order this process received them, leaving it unsubscribes and stops delivery.
-- ``aclose`` releases everything; later calls raise :class:`~podshare.exceptions.ClosedError`.
+- ``aclose`` releases everything; later calls raise [`ClosedError`][podshare.ClosedError].
 
 Optional extras, discovered with ``isinstance`` against the runtime-checkable protocols
 below:
 
-- :class:`GapReporting`: the transport tells listeners when messages may have been lost
-  (after a reconnect); stores then refresh by themselves.
-- :class:`ClusterReadiness`: ``wait_ready()`` returns once the transport is connected to
-  its cluster as far as it can tell (memory: at once; TCP: every configured and
-  discovered peer connected or failed to connect; Redis: connected and subscribed). A
+- [`GapReporting`][podshare.transport.GapReporting]: the transport tells listeners when messages may
+  have been lost (after a reconnect); stores then refresh by themselves.
+- [`ClusterReadiness`][podshare.transport.ClusterReadiness]: ``wait_ready()`` returns once the
+  transport is connected to its cluster as far as it can tell (memory: at once; TCP: every
+  configured and discovered peer connected or failed to connect; Redis: connected and subscribed). A
   store entering ``async with`` waits for it before asking peers for their state.
-- :class:`SubscriberCounting`: ``remote_subscribers(topic)`` says how many *other*
-  processes subscribe to a topic right now (Redis: ``PUBSUB NUMSUB``; TCP: what peers
-  announced; memory: the network's table), or ``None`` when it cannot tell. A joining
+- [`SubscriberCounting`][podshare.transport.SubscriberCounting]: ``remote_subscribers(topic)`` says
+  how many *other* processes subscribe to a topic right now (Redis: ``PUBSUB NUMSUB``; TCP: what
+  peers announced; memory: the network's table), or ``None`` when it cannot tell. A joining
   store uses it as evidence: with other subscribers it waits for them (up to
   ``hydrate_timeout``); with none, the cluster is empty and it is synced at once.
 - `EchoSkipping`: ``subscribe_skipping(topic, prefix=..., offset=...)`` subscribes
@@ -42,7 +44,7 @@ below:
   recognises and drops its echoes itself.
 - ``max_message_size`` (an ``int`` attribute): the largest message ``publish`` accepts;
   stores split their batches and sync chunks below it. Absent means
-  :data:`DEFAULT_MAX_MESSAGE_SIZE`.
+  `DEFAULT_MAX_MESSAGE_SIZE`.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class Transport(Protocol):
     """Moves opaque messages between processes on named topics.
 
     Implement these three methods (and, ideally, ``__aenter__``/``__aexit__``) to carry
-    podshare over any wire; :func:`podshare.testing.check_transport` verifies the result.
+    podshare over any wire; [`podshare.testing.check_transport()`][podshare.testing.check_transport]
+    verifies the result.
     """
 
     async def publish(self, topic: str, message: bytes) -> None:
@@ -175,7 +178,7 @@ class GapListeners:
     """A small helper for transport authors: a set of gap listeners to notify.
 
     One policy for listeners that fail: the exception is logged (with its traceback)
-    and counted in :attr:`failures`; it never reaches the transport's task or a
+    and counted in `failures`; it never reaches the transport's task or a
     subscriber, and the other listeners still run.
 
     Example:

@@ -1,11 +1,11 @@
 """The in-process transport, with a public fault plan for tests.
 
-:class:`MemoryTransport` moves messages between subscriptions in one Python process. It
-is the transport of podshare's own tests, of the demo, and of users' tests: several
-stores may share one transport (each subscribes its own topics), or each store may get
-its own transport on a shared :class:`MemoryNetwork` to model separate pods that can be
-partitioned, disconnected and healed. A :class:`FaultPlan` makes delivery drop,
-duplicate, reorder and delay messages, reproducibly from a seed.
+[`MemoryTransport`][podshare.transport.MemoryTransport] moves messages between subscriptions in one
+Python process. It is the transport of podshare's own tests, of the demo, and of users' tests:
+several stores may share one transport (each subscribes its own topics), or each store may get
+its own transport on a shared [`MemoryNetwork`][podshare.transport.MemoryNetwork] to model separate
+pods that can be partitioned, disconnected and healed. A [`FaultPlan`][podshare.transport.FaultPlan]
+makes delivery drop, duplicate, reorder and delay messages, reproducibly from a seed.
 
 Example:
     >>> import anyio
@@ -18,18 +18,20 @@ Example:
     >>> anyio.run(main)
     b'hello'
 
-Two pods that lose each other and find each other again::
+Two pods that lose each other and find each other again:
 
-    net = MemoryNetwork()
-    async with (
-        MemoryTransport(network=net, name="a") as ta,
-        MemoryTransport(network=net, name="b") as tb,
-        Store("app", ta) as a,
-        Store("app", tb) as b,
-    ):
-        net.partition(["a"], ["b"])     # messages between a and b are lost
-        await a.set("k", 1)             # b does not see it
-        net.heal()                      # both report a gap; the stores refresh
+```python
+net = MemoryNetwork()
+async with (
+    MemoryTransport(network=net, name="a") as ta,
+    MemoryTransport(network=net, name="b") as tb,
+    Store("app", ta) as a,
+    Store("app", tb) as b,
+):
+    net.partition(["a"], ["b"])     # messages between a and b are lost
+    await a.set("k", 1)             # b does not see it
+    net.heal()                      # both report a gap; the stores refresh
+```
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ class FaultPlan:
 
 @dataclass(slots=True)
 class MemoryTransportStats(StatsRecord):
-    """Counters of one :class:`MemoryTransport`; :meth:`MemoryTransport.stats` returns a
+    """Counters of one [`MemoryTransport`][podshare.transport.MemoryTransport];
+    [`MemoryTransport.stats()`][podshare.transport.MemoryTransport.stats] returns a
     frozen snapshot.
 
     Attributes:
@@ -174,7 +177,7 @@ class MemoryTransportStats(StatsRecord):
 
     @property
     def gaps(self) -> int:
-        """Deprecated alias of :attr:`gaps_reported`."""
+        """Deprecated alias of `gaps_reported`."""
         warnings.warn(
             "MemoryTransportStats.gaps is deprecated: use gaps_reported",
             DeprecationWarning,
@@ -184,7 +187,8 @@ class MemoryTransportStats(StatsRecord):
 
 
 class MemoryNetwork:
-    """The medium several :class:`MemoryTransport`\\ s share: models pods and their links.
+    """The medium several [`MemoryTransport`][podshare.transport.MemoryTransport]\\ s share: models
+    pods and their links.
 
     Transports join the network when they are entered and leave when they close; they are
     known by their ``name``. Every transport always reaches its own subscriptions.
@@ -243,13 +247,15 @@ class MemoryNetwork:
 
     def disconnect(self, name: str) -> None:
         """Cut transport ``name`` off: its ``publish`` raises
-        :class:`~podshare.exceptions.TransportError` and it receives nothing from others
-        (as a pod whose connection dropped) until :meth:`reconnect`."""
+        [`TransportError`][podshare.TransportError] and it receives nothing from others
+        (as a pod whose connection dropped) until
+        [`reconnect()`][podshare.transport.MemoryNetwork.reconnect]."""
         self._disconnected.add(name)
         self._update_restricted()
 
     def reconnect(self, name: str) -> None:
-        """Undo :meth:`disconnect` and report a gap to every transport's listeners (the
+        """Undo [`disconnect()`][podshare.transport.MemoryNetwork.disconnect] and report a gap to
+        every transport's listeners (the
         returning pod missed messages, and the others missed its writes)."""
         if name in self._disconnected:
             self._disconnected.discard(name)
@@ -369,13 +375,13 @@ class _Subscription:
 
 
 class MemoryTransport(Service):
-    """An in-process :class:`~podshare.transport.Transport` with fault injection.
+    """An in-process [`Transport`][podshare.transport.Transport] with fault injection.
 
     Use it as an async context manager; it implements the transport contract exactly
     (``podshare.testing.check_transport`` verifies it), reports gaps
-    (:class:`~podshare.transport.GapReporting`), is ready at once
-    (:class:`~podshare.transport.ClusterReadiness`) and counts the other transports
-    subscribed to a topic (:class:`~podshare.transport.SubscriberCounting`).
+    ([`GapReporting`][podshare.transport.GapReporting]), is ready at once
+    ([`ClusterReadiness`][podshare.transport.ClusterReadiness]) and counts the other transports
+    subscribed to a topic ([`SubscriberCounting`][podshare.transport.SubscriberCounting]).
 
     - ``publish`` delivers to every subscription of the topic on every transport it
       reaches, including its own; it never blocks on a slow subscriber.
@@ -384,14 +390,15 @@ class MemoryTransport(Service):
       ``stats().overflowed``); once its consumer reads again the transport notifies its
       gap listeners, so a store refreshes and recovers what it missed. The subscription
       itself stays open.
-    - ``faults`` (a :class:`FaultPlan`, settable at any time) applies to every delivery
-      of the messages this transport publishes.
+    - ``faults`` (a [`FaultPlan`][podshare.transport.FaultPlan], settable at any time) applies to
+      every delivery of the messages this transport publishes.
     - A gap listener that raises is logged and counted
       (``stats().gap_listener_failures``); the error never reaches the subscriber whose
       read noticed the gap, nor the code that healed or reconnected the network.
 
     Args:
-        network: the :class:`MemoryNetwork` to join; ``None`` gives a private one.
+        network: the [`MemoryNetwork`][podshare.transport.MemoryNetwork] to join; ``None`` gives a
+            private one.
         name: this transport's name on the network (unique there); default
             ``"memory-<n>"``.
         faults: the fault plan for messages this transport publishes.
@@ -492,12 +499,13 @@ class MemoryTransport(Service):
     async def aclose(self) -> None:
         """Close every subscription (their iterators end), cancel pending delayed
         deliveries and leave the network. Idempotent; ``publish`` afterwards raises
-        :class:`~podshare.exceptions.ClosedError`."""
+        [`ClosedError`][podshare.ClosedError]."""
         await super().aclose()
 
     @property
     def closed(self) -> bool:
-        """Whether closing has begun (:meth:`aclose`, or the end of ``async with``)."""
+        """Whether closing has begun ([`aclose()`][podshare.transport.MemoryTransport.aclose], or
+        the end of ``async with``)."""
         return self.state in ("closing", "closed")
 
     # --- the transport protocol --------------------------------------------------------
@@ -576,8 +584,9 @@ class MemoryTransport(Service):
 
     def add_gap_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Register ``listener``, called when messages to this transport may have been
-        lost (heal, reconnect, buffer overflow, :meth:`simulate_gap`); returns its
-        remover. A listener that raises is logged and counted, never re-raised."""
+        lost (heal, reconnect, buffer overflow,
+        [`simulate_gap()`][podshare.transport.MemoryTransport.simulate_gap]); returns its remover. A
+        listener that raises is logged and counted, never re-raised."""
         return self._gaps.add(listener)
 
     # --- optional capabilities ---------------------------------------------------------

@@ -483,9 +483,9 @@ class TcpTransport(Service):
         if max_frame_size <= FRAME_OVERHEAD:
             raise ConfigurationError(f"max_frame_size must exceed {FRAME_OVERHEAD}")
         self._max_frame_size = max_frame_size
-        #: The largest message [`publish`][podshare.transport.TcpTransport.publish]
-        #: accepts (read by stores to split batches).
         self.max_message_size = max_frame_size - FRAME_OVERHEAD
+        """The largest message [`publish`][podshare.transport.TcpTransport.publish] accepts
+        (read by stores to split batches)."""
         if send_queue < self.max_message_size:
             raise ConfigurationError("send_queue must be at least the largest message")
         self._send_queue = send_queue

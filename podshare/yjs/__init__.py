@@ -1,11 +1,13 @@
 """Live pycrdt documents kept in sync across pods: multi-server Yjs over any transport.
 
 Every pod that opens the same *room* edits the same ``pycrdt.Doc``, over Redis, the TCP
-mesh or memory, with no Yjs server in between::
+mesh or memory, with no Yjs server in between:
 
-    async with open_provider(doc, transport, "chat:42") as bridge:
-        await bridge.synced.wait()
-        doc.get("messages", type=Array).append("hi")   # reaches every pod in the room
+```python
+async with open_provider(doc, transport, "chat:42") as bridge:
+    await bridge.synced.wait()
+    doc.get("messages", type=Array).append("hi")   # reaches every pod in the room
+```
 
 The pieces:
 
@@ -79,11 +81,13 @@ async def open_provider(
     answers). On exit, edits already made are sent first. ``options`` go to
     `RoomBridge` (``presence``, ``persistence``, ``sync_timeout``, ...).
 
-    Example::
+    Example:
 
-        doc = pycrdt.Doc()
-        async with RedisTransport(url) as tr, open_provider(doc, tr, "notes"):
-            doc.get("text", type=pycrdt.Text).insert(0, "hello")   # every pod sees it
+    ```python
+    doc = pycrdt.Doc()
+    async with RedisTransport(url) as tr, open_provider(doc, tr, "notes"):
+        doc.get("text", type=pycrdt.Text).insert(0, "hello")   # every pod sees it
+    ```
     """
     async with RoomBridge(
         doc,

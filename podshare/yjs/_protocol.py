@@ -1,9 +1,11 @@
 """The y-protocols messages editors speak: sync (step 1, step 2, update) and awareness.
 
-What y-websocket clients and pycrdt's ``Provider`` send, in lib0's encoding::
+What y-websocket clients and pycrdt's ``Provider`` send, in lib0's encoding:
 
-    sync       0  type:varint (0 step 1, 1 step 2, 2 update)  payload:varbytes
-    awareness  1  update:varbytes
+```text
+sync       0  type:varint (0 step 1, 1 step 2, 2 update)  payload:varbytes
+awareness  1  update:varbytes
+```
 
 An awareness update is ``count:varint`` then, per client, ``client:varint``
 ``clock:varint`` ``state:varstring`` (JSON; ``null`` removes the client). Lengths of

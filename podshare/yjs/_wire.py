@@ -1,9 +1,11 @@
 """The bridge's messages between pods: an envelope naming the sender, and fragments.
 
 Pods in a room talk over one broadcast topic and one inbox topic each (see
-`podshare.yjs._names`). Every message is an envelope::
+`podshare.yjs._names`). Every message is an envelope:
 
-    version:u8 (2)  kind:u8  sender_len:u8  sender (UTF-8, 1..255 bytes)  body
+```text
+version:u8 (2)  kind:u8  sender_len:u8  sender (UTF-8, 1..255 bytes)  body
+```
 
 and ``kind`` says what the body is:
 

@@ -144,12 +144,14 @@ class RoomBridge:
             the background (malformed messages, the first failure of an outage).
         logger: a stdlib logger (default ``podshare.yjs``).
 
-    Example::
+    Example:
 
-        doc = pycrdt.Doc()
-        async with RedisTransport(url) as tr, RoomBridge(doc, tr, "notes") as bridge:
-            await bridge.synced.wait()
-            doc.get("text", type=pycrdt.Text).insert(0, "hello")  # every pod sees it
+    ```python
+    doc = pycrdt.Doc()
+    async with RedisTransport(url) as tr, RoomBridge(doc, tr, "notes") as bridge:
+        await bridge.synced.wait()
+        doc.get("text", type=pycrdt.Text).insert(0, "hello")  # every pod sees it
+    ```
     """
 
     def __init__(

@@ -55,11 +55,13 @@ class TransportChannel:
             dropped message.
         buffer: received messages queued for the provider before the readers wait.
 
-    Example::
+    Example:
 
-        async with TransportChannel(tr, "notes", doc=doc) as channel:
-            async with pycrdt.Provider(doc, channel):
-                ...
+    ```python
+    async with TransportChannel(tr, "notes", doc=doc) as channel:
+        async with pycrdt.Provider(doc, channel):
+            ...
+    ```
     """
 
     def __init__(

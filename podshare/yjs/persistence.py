@@ -66,12 +66,14 @@ class StorePersistence:
     of every pod. Keys are ``key_prefix`` followed by the room's topic
     ([`room_topic`][podshare.yjs.room_topic], which bounds their length).
 
-    Example::
+    Example:
 
-        async with Store[YDoc]("yjs-rooms", transport, persistence=backend) as rooms:
-            persistence = StorePersistence(rooms)
-            async with RoomBridge(doc, transport, "notes", persistence=persistence):
-                ...
+    ```python
+    async with Store[YDoc]("yjs-rooms", transport, persistence=backend) as rooms:
+        persistence = StorePersistence(rooms)
+        async with RoomBridge(doc, transport, "notes", persistence=persistence):
+            ...
+    ```
     """
 
     def __init__(self, store: Store[YDoc], *, key_prefix: str = "") -> None:

@@ -2,14 +2,16 @@
 
 Needs the ``yjs-server`` extra (``pip install "podshare[yjs-server]"``: pycrdt-websocket
 and websockets). Run one `YjsWebsocketServer` per pod, all on the same
-transport; y-websocket clients connect to any pod and edit together::
+transport; y-websocket clients connect to any pod and edit together:
 
-    async with (
-        RedisTransport(url) as transport,
-        YjsWebsocketServer(transport) as server,
-        serve_websockets(server, "0.0.0.0", 1234),
-    ):
-        await anyio.sleep_forever()
+```python
+async with (
+    RedisTransport(url) as transport,
+    YjsWebsocketServer(transport) as server,
+    serve_websockets(server, "0.0.0.0", 1234),
+):
+    await anyio.sleep_forever()
+```
 
 Each room (the websocket URL's path, without its query string) is a pycrdt-websocket
 ``YRoom`` bridged to the same room on every other pod by a
@@ -239,7 +241,9 @@ class YjsWebsocketServer(WebsocketServer):
             ``resync_interval``, ``on_error``, ...).
         presence_options: keyword arguments for the presence store it opens
             (``hydrate_timeout``, ``down_after``, ...).
-        rooms_ready, auto_clean_rooms, log: as pycrdt-websocket's ``WebsocketServer``.
+        rooms_ready: as pycrdt-websocket's ``WebsocketServer``.
+        auto_clean_rooms: as pycrdt-websocket's ``WebsocketServer``.
+        log: as pycrdt-websocket's ``WebsocketServer``.
         exception_handler: as pycrdt-websocket's; default: log and keep serving.
 
     Use it as an async context manager, and hand it connections with
