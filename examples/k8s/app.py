@@ -50,6 +50,7 @@ import anyio
 from anyio.abc import SocketStream
 
 from podshare import Store, TransportError
+from podshare.persistence import Persistence
 from podshare.transport import Transport
 
 log = logging.getLogger("podshare-k8s")
@@ -227,7 +228,7 @@ async def open_transport(config: Config) -> AsyncIterator[Transport]:
             yield nats
 
 
-def _persistence(config: Config) -> Any:
+def _persistence(config: Config) -> Persistence | None:
     """A SQLite file when PODSHARE_STATE names one, else the transport's default
     (Redis: the same Redis; NATS with JetStream: a KV bucket; TCP: none)."""
     if config.state_path is None:
