@@ -46,3 +46,22 @@ def test_trio_enter_raises_configuration_error() -> None:
                 pass
 
     trio.run(main)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://127.0.0.1:7000", "rediss+cluster://h:7000", "redis-cluster://h:1"]
+)
+def test_cluster_urls_are_refused_with_the_reason(url: str) -> None:
+    # Sharded pub/sub is not supported (docs/transports/redis.md, "Redis Cluster"): the
+    # error says so and points to one server or Sentinel instead of failing later.
+    with pytest.raises(ConfigurationError, match=r"Redis Cluster.*Sentinel"):
+        RedisTransport(url)
+
+
+def test_a_cluster_client_is_refused_with_the_reason() -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    # Constructing the client does not connect; the transport refuses it at once.
+    cluster = RedisCluster(host="127.0.0.1", port=7000)
+    with pytest.raises(ConfigurationError, match="sharded pub/sub"):
+        RedisTransport(client=cluster)  # type: ignore[arg-type]
