@@ -603,8 +603,8 @@ class SyncStore(_PortalResource, Generic[T]):
         """Set ``key`` only if its version here is still ``version``; return whether it did.
 
         As ``Store.try_set``: an optimistic check against this replica (not a
-        distributed compare-and-set); ``version=None`` means "only if absent". Blocks
-        until the write was published when it was made.
+        distributed compare-and-set); ``version=None`` means "only if absent, deleted or
+        expired". Blocks until the write was published when it was made.
         """
         return self._call(self._store.try_set, key, value, version)
 
