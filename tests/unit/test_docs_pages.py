@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
     "docs/callreply.md",
+    "docs/coming-from-go.md",
     "docs/durability.md",
     "docs/operations.md",
     "docs/transports/memory.md",
@@ -57,4 +58,7 @@ def test_block_runs(
 ) -> None:
     monkeypatch.setattr(anyio, "run", functools.partial(anyio.run, backend=backend))
     namespace: dict[str, Any] = {"__name__": "__docs__"}
-    exec(compile(code, f"{page}:{line}", "exec"), namespace)  # noqa: S102 - our own docs
+    # dont_inherit: a block runs as the script it is, without this module's
+    # ``from __future__ import annotations`` (which would break a block's dataclasses).
+    code_object = compile(code, f"{page}:{line}", "exec", dont_inherit=True)
+    exec(code_object, namespace)  # noqa: S102 - our own docs
