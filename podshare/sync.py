@@ -11,9 +11,10 @@ network belongs to one event loop).
 - reads are the async store's own: ``get``, ``store[key]``, ``key in store``,
   ``len(store)``, ``keys()``, ``items()``, ``snapshot()`` run in the calling thread
   and cost about a dict lookup (no thread hop);
-- writes (``set``, ``delete``, ``update``, ``set_many``, ``delete_many``, ``refresh``)
-  block the calling thread until the write was published, and raise the same
-  podshare exceptions as the async store;
+- writes (``set``, ``delete``, ``update``, ``set_many``, ``delete_many``, ``try_set``,
+  ``refresh``) block the calling thread until the write was published, and raise the
+  same podshare exceptions as the async store; ``version(key)`` is a local read and
+  ``seed(mapping)`` a local load, as in the async store;
 - ``watch(...)`` is a context manager yielding a blocking iterator of events.
 
 Every method may be called from any number of threads at once. Closing the store (the
@@ -67,6 +68,7 @@ from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from podshare.callreply.endpoint import Endpoint, EndpointStats
+from podshare.crdt.clock import Stamp
 from podshare.exceptions import ClosedError, ConfigurationError
 from podshare.store.events import Event, Stats
 from podshare.store.store import Store
@@ -540,6 +542,11 @@ class SyncStore(_PortalResource, Generic[T]):
         """A copy of the whole map."""
         return self._store.snapshot()
 
+    def version(self, key: str) -> Stamp | None:
+        """The version of ``key`` here (its stamp), or ``None`` when absent; for
+        [`try_set()`][podshare.sync.SyncStore.try_set]. A local read, as ``Store.version``."""
+        return self._store.version(key)
+
     def members(self) -> frozenset[str]:
         """The node ids alive in this store's cluster, this node included."""
         return self._store.members()
@@ -558,7 +565,8 @@ class SyncStore(_PortalResource, Generic[T]):
     def set(self, key: str, value: T, **options: Any) -> None:
         """Set ``key`` to ``value``; returns once the write was published.
 
-        ``options`` are those of ``Store.set`` (``ephemeral=True``, ...). Raises what
+        ``options`` are those of ``Store.set`` (``ephemeral=True``, ``ttl=seconds``).
+        Raises what
         ``Store.set`` raises: ``InvalidValue``, ``TransportError`` (the local write
         stands), ``ClosedError``.
         """
@@ -577,17 +585,38 @@ class SyncStore(_PortalResource, Generic[T]):
         return self._call(self._store.update, key, fn)
 
     def set_many(self, mapping: Mapping[str, T], **options: Any) -> None:
-        """Set every key of ``mapping`` (validated first); returns once published."""
+        """Set every key of ``mapping`` (validated first); returns once published.
+
+        ``options`` are those of ``Store.set_many`` (``ephemeral=True``, ``ttl=seconds``).
+        """
         items = dict(mapping)  # a copy: the caller may change theirs meanwhile
         self._call(functools.partial(self._store.set_many, items, **options))
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        """Delete every key in ``keys``; returns once all were published.
+        """Delete every key in ``keys`` together; returns once published.
 
-        The deletes are made together, so they share one or two messages. If some fail
-        the others still happen, and the first error is raised.
+        As ``Store.delete_many``: every key is validated before anything is deleted
+        (a bad key raises ``InvalidValue`` and deletes nothing), and the deletes travel
+        in as few messages as fit.
         """
-        self._call(_delete_many, self._store, list(keys))
+        self._call(self._store.delete_many, list(keys))
+
+    def try_set(self, key: str, value: T, version: Stamp | None) -> bool:
+        """Set ``key`` only if its version here is still ``version``; return whether it did.
+
+        As ``Store.try_set``: an optimistic check against this replica (not a
+        distributed compare-and-set); ``version=None`` means "only if absent, deleted or
+        expired". Blocks until the write was published when it was made.
+        """
+        return self._call(self._store.try_set, key, value, version)
+
+    def seed(self, mapping: Mapping[str, T]) -> None:
+        """Load ``mapping`` into this (empty) replica: no broadcast, no watcher events.
+
+        As ``Store.seed``; it runs on the store's thread. Raises ``StoreNotEmpty`` when
+        the replica already holds entries.
+        """
+        self._call(_seed, self._store, dict(mapping))
 
     def refresh(self) -> None:
         """Pull what this replica missed from its peers (see ``Store.refresh``)."""
@@ -602,9 +631,10 @@ class SyncStore(_PortalResource, Generic[T]):
     def watch(self, **filters: Any) -> SyncWatch[T]:
         """Watch changes: a context manager yielding a blocking iterator of events.
 
-        ``filters`` are those of ``Store.watch`` (``key=``, ``prefix=``, ``buffer=``,
-        ``members=``). Iteration ends when the block is left, when the watcher is
-        dropped as a slow consumer (``dropped`` says so), or when the store closes.
+        ``filters`` are those of ``Store.watch`` (``key=``, ``prefix=``, ``filter=``,
+        ``buffer=``, ``members=``); a ``filter`` callable runs on the store's thread.
+        Iteration ends when the block is left, when the watcher is dropped as a slow
+        consumer (``dropped`` says so), or when the store closes.
 
         Example:
 
@@ -629,20 +659,8 @@ class SyncStore(_PortalResource, Generic[T]):
         self._store = _Forked(self._what, self._store)  # type: ignore[assignment]
 
 
-async def _delete_many(store: Store[Any], keys: list[str]) -> None:
-    errors: list[Exception] = []
-
-    async def delete(key: str) -> None:
-        try:
-            await store.delete(key)
-        except Exception as exc:  # noqa: BLE001  # collected, and the first is raised once all are done
-            errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for key in keys:
-            tg.start_soon(delete, key)
-    if errors:
-        raise errors[0]
+async def _seed(store: Store[Any], mapping: dict[str, Any]) -> None:
+    store.seed(mapping)  # on the loop thread, where the replica lives
 
 
 class _Forked:

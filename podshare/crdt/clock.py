@@ -214,7 +214,8 @@ class HLC:
         return False
 
     def witness(self, time: int, counter: int, origin: str) -> None:
-        """:meth:`observe` of ``Stamp(time, counter, origin)`` for a caller that checked
+        """[`observe()`][podshare.crdt.HLC.observe] of ``Stamp(time, counter, origin)`` for a caller
+        that checked
         ``time`` is at most ``max_skew_ms`` ahead of the wall clock (a received write's
         fast path): no stamp is built unless it is newer, and no bound is computed.
 

@@ -586,8 +586,13 @@ class Replica(Generic[T]):
         return new
 
     def try_set(self, key: str, value: T, version: Stamp | None, now: int) -> bool:
-        """Set ``key`` only if its entry's stamp is still ``version`` (a local check)."""
-        if self.state.stamp_of(key) != version:
+        """Set ``key`` only if its live value's stamp is still ``version`` (a local check).
+
+        ``None`` matches a key with no live value, deleted and expired ones included (as
+        `Store.version()` reports them), so a deleted key can be claimed again.
+        """
+        current = self.state.stamp_of(key) if key in self.values else None
+        if current != version:
             return False
         self.local_set(key, value, now)
         return True

@@ -212,7 +212,7 @@ class MapState(Generic[T]):
 
     @property
     def tree(self) -> DigestTree:
-        """The digest tree of every entry, brought up to date (see :meth:`refresh_digest`)."""
+        """The digest tree of every entry, brought up to date (see `refresh_digest()`)."""
         if self._stale or self._dirty:
             self.refresh_digest()
         return self._tree

@@ -884,6 +884,8 @@ class Store(Service, Generic[T]):
         An optimistic check against this replica's state (as the Go library's
         ``TrySet``), not a distributed compare-and-set: two pods can both succeed with
         the same version, and last-writer-wins then keeps one of the writes.
+        ``version=None`` (what [`version()`][podshare.Store.version] returns for a key with no
+        value) sets the key only if it is absent, deleted or expired here.
         """
         replica = self._writable()
         check_key(key)

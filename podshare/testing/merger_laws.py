@@ -198,8 +198,9 @@ def check_merger(
     ``to_wire()``, equal results must also have equal wire forms.
 
     Args:
-        merger_or_type: a [`Merger`][podshare.crdt.Merger] instance (``merge(a, b)``) or a
-            value type with a ``merge(self, other)`` method.
+        merger_or_type: a [`Merger`][podshare.crdt.Merger] instance (``merge(a, b)``), a
+            value type with a ``merge(self, other)`` method, or a plain function
+            ``(a, b) -> value`` (what ``Store(merger=fn)`` accepts).
         values: a Hypothesis strategy of values (states) to merge. Draw them as your
             replicas would make them (by applying operations), not arbitrary structures
             your type never produces.
@@ -234,7 +235,8 @@ class MergerLaws:
     method per law.
 
     Subclass it in a class whose name starts with ``Test``, set ``merger`` (a merger
-    instance or a type with a ``merge`` method) and ``values`` (a strategy of states),
+    instance, a type with a ``merge`` method, or a plain function wrapped in
+    ``staticmethod`` so it does not bind) and ``values`` (a strategy of states),
     and pytest collects ``test_commutative``, ``test_associative``, ``test_idempotent``
     and ``test_convergence``. ``replicas`` and ``max_examples`` may be overridden too.
 

@@ -223,3 +223,26 @@ def laws_for(merger: Any, values: st.SearchStrategy[Any]) -> MergerLaws:
     laws.merger = merger
     laws.values = values
     return laws
+
+
+# --- a plain function (a, b) -> value, as Store(merger=fn) takes it (issue 17) ----------
+
+
+def test_a_plain_function_that_is_a_join_passes_every_law() -> None:
+    check_merger(max, st.integers(), max_examples=20)
+    check_merger(lambda a, b: a | b, st.frozensets(st.integers(0, 5)), max_examples=20)
+
+
+def test_a_plain_function_that_is_not_a_join_is_reported() -> None:
+    with pytest.raises(AssertionError, match="idempotence"):
+        check_merger(lambda a, b: a + b, st.integers(1, 5))  # adding double-counts
+    with pytest.raises(AssertionError, match="commutativity"):
+        check_merger(lambda a, _b: a, st.integers())  # the Go README's keep-existing
+
+
+class TestMaxFunction(MergerLaws):
+    """The mixin takes a plain function too."""
+
+    merger = staticmethod(max)
+    values = st.integers()
+    max_examples = 20

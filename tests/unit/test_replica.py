@@ -244,6 +244,19 @@ def test_try_set_writes_only_over_the_expected_version() -> None:
     assert r.snapshot_stats().writes_local == 2
 
 
+def test_try_set_with_none_claims_a_deleted_or_expired_key() -> None:
+    r = replica()
+    r.local_set("k", 1, T0)
+    r.local_delete("k", T0 + 1)
+    tombstone = r.tombstones()["k"]
+    assert not r.try_set("k", 3, tombstone, T0 + 2)  # a tombstone's stamp is no version
+    assert r.try_set("k", 2, None, T0 + 3)  # deleted: no live version, as None says
+    r.local_set("t", 1, T0 + 4, ttl_ms=10)
+    r.tick(T0 + 14)
+    assert r.try_set("t", 2, None, T0 + 15)
+    assert r.values == {"k": 2, "t": 2}
+
+
 def test_local_delete_many_counts_live_keys() -> None:
     r = replica()
     r.local_set_many([("a", 1), ("b", 2)], T0)

@@ -26,6 +26,7 @@ from podshare.exceptions import (
     InvalidValue,
     NoRoute,
     RemoteError,
+    StoreNotEmpty,
 )
 from podshare.sync import SyncStore, open_endpoint, open_store
 from podshare.transport import MemoryNetwork, MemoryTransport
@@ -138,21 +139,74 @@ def test_errors_are_podshare_exceptions(pair: tuple[SyncStore[Limit], SyncStore[
         a.update("k", broken)  # the function's own error, unchanged
 
 
-def test_delete_many_deletes_the_valid_keys_and_raises_the_first_error(
+def test_delete_many_is_the_async_stores_one_batch_validated_first(
     pair: tuple[SyncStore[Limit], SyncStore[Limit]],
 ) -> None:
     a, b = pair
     a.set_many({f"k{i}": Limit(i) for i in range(20)})
     eventually(lambda: len(b) == 20)
     before = a.stats().messages_sent
-    a.delete_many(f"k{i}" for i in range(10))
-    # Concurrent deletes coalesce: far fewer messages than keys.
-    assert a.stats().messages_sent - before < 10
+    with b.watch(prefix="k") as events:
+        a.delete_many(f"k{i}" for i in range(10))
+        deleted = {next(events).key for _ in range(10)}
+    assert a.stats().messages_sent - before == 1  # one batch, not one message per key
+    assert deleted == {f"k{i}" for i in range(10)}
     eventually(lambda: len(b) == 10)
     with pytest.raises(InvalidValue):
         a.delete_many(["k10", "", "k11"])
-    assert "k10" not in a
-    assert "k11" not in a
+    assert "k10" in a  # as Store.delete_many: a bad key deletes nothing
+    assert "k11" in a
+
+
+def test_version_and_try_set_are_the_async_stores_optimistic_check(
+    pair: tuple[SyncStore[Limit], SyncStore[Limit]],
+) -> None:
+    a, b = pair
+    assert a.version("k") is None
+    assert a.try_set("k", Limit(1), None)  # None: only if absent
+    assert not a.try_set("k", Limit(2), None)  # no longer absent
+    version = a.version("k")
+    assert version is not None
+    assert version.origin == a.node_id
+    eventually(lambda: b.version("k") == version)  # the same stamp on every replica
+    b.set("k", Limit(3))  # a newer write elsewhere moves the version on
+    eventually(lambda: a.get("k") == Limit(3))
+    assert not a.try_set("k", Limit(4), version)
+    assert a.get("k") == Limit(3)
+    assert a.try_set("k", Limit(5), a.version("k"))
+    eventually(lambda: b.get("k") == Limit(5))
+
+
+def test_ttl_expires_and_a_filtered_watch_sees_it_expire(
+    pair: tuple[SyncStore[Limit], SyncStore[Limit]],
+) -> None:
+    a, b = pair
+    wanted = {EventKind.SET, EventKind.EXPIRED}
+    with b.watch(filter=lambda ev: ev.kind in wanted and ev.key.startswith("s:")) as events:
+        a.set("other", Limit(0), ttl=60)
+        a.set_many({"s:1": Limit(1), "s:2": Limit(2)}, ttl=0.2)
+        a.set("s:3", Limit(3), ttl=0.2)
+        got = [(ev.kind.name, ev.key) for ev in (next(events) for _ in range(6))]
+    # Each key is set, then expires; none of the keys the filter refuses came through.
+    assert sorted(got) == [(kind, f"s:{i}") for kind in ("EXPIRED", "SET") for i in (1, 2, 3)]
+    assert got.index(("SET", "s:3")) < got.index(("EXPIRED", "s:3"))
+    assert b.snapshot() == {"other": Limit(0)}
+    eventually(lambda: a.stats().expired == 3)
+    with pytest.raises(InvalidValue, match="ttl"):
+        a.set("bad", Limit(1), ttl=0)
+
+
+def test_seed_loads_an_empty_replica_without_events(backend: str) -> None:
+    with open_store("seeded", MemoryTransport, type=int, backend=backend) as store:
+        with store.watch() as events:
+            store.seed({"a": 1, "b": 2})
+            store.set("c", 3)
+            first = next(events)  # the write's event is the first: seeding sent none
+        assert (first.key, first.value) == ("c", 3)
+        assert store.snapshot() == {"a": 1, "b": 2, "c": 3}
+        with pytest.raises(StoreNotEmpty):
+            store.seed({"d": 4})
+        assert "d" not in store
 
 
 def test_options_errors_leave_nothing_running(backend: str) -> None:
