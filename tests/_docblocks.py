@@ -40,6 +40,8 @@ _RUN = re.compile(r"<!--\s*run:\s*(?P<server>\w+)\s*-->\s*$")
 OUTPUT = {"text", "console", "output", ""}
 DATA = {"yaml", "yml", "json", "toml"}
 SHELL = {"bash", "sh", "shell"}
+# Other languages' code, quoted for comparison (the Go library's calls): not run.
+FOREIGN = {"go", "javascript", "js", "typescript"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Block:
             return "data"
         if self.lang in OUTPUT:
             return "output"
+        if self.lang in FOREIGN:
+            return "foreign"
         return "unknown"
 
 
