@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from tests._docblocks import ELSEWHERE, ROOT, Block, all_blocks, blocks, pages
 
