@@ -547,3 +547,35 @@ class SentinelGroup:
         """Kill every process of the group (by its pid) and reap it."""
         for server in self.servers:
             server.kill()
+
+
+async def check_echo_skipping(mine: Any, theirs: Any, topic: str = "echo-skip") -> None:
+    """Assert what ``mine.subscribe_skipping`` promises (both transports entered, on one
+    network or server): it leaves out the messages ``mine`` publishes whose bytes at the
+    offset start with the prefix, and nothing else; a plain subscription of the same
+    topic in the same process, and ``theirs``, still get every message, in order."""
+    prefix, offset = b"\x00me\x07", 4
+    own = b"head" + prefix + b"own write"
+    other = b"head" + b"\x00yo\x07" + b"another write"
+    short = b"hea"  # shorter than offset + prefix: never skipped
+    end = b"head-end"
+    async with (
+        mine.subscribe_skipping(topic, prefix=prefix, offset=offset) as skipping,
+        mine.subscribe(topic) as plain,
+        theirs.subscribe(topic) as remote,
+    ):
+        for message in (own, other, short, end):
+            await mine.publish(topic, message)
+
+        async def collect(messages: AsyncIterator[bytes]) -> list[bytes]:
+            got: list[bytes] = []
+            with anyio.fail_after(DEFAULT_TIMEOUT):
+                async for message in messages:
+                    got.append(message)
+                    if message == end:
+                        return got
+            return got
+
+        assert await collect(skipping) == [other, short, end]
+        assert await collect(plain) == [own, other, short, end]
+        assert await collect(remote) == [own, other, short, end]

@@ -80,7 +80,7 @@ from podshare.exceptions import (
     TransportError,
 )
 from podshare.transport.auth import OVERHEAD, Authenticator, AuthStats, Opener, RefusalLog, Secret
-from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
+from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners, check_skip
 
 if TYPE_CHECKING:
     from podshare.persistence.redis import RedisPersistence
@@ -203,11 +203,13 @@ class _ContextSSLSentinelConnection(SentinelManagedConnection, _ContextSSLConnec
 class _Channel:
     """The local subscriptions of one Redis channel."""
 
-    __slots__ = ("live", "opener", "ready", "subs")
+    __slots__ = ("live", "opener", "ready", "skips", "subs")
 
     def __init__(self, opener: Opener | None) -> None:
         self.opener = opener  # checks each message before dispatch, with secret=...
         self.subs: dict[MemoryObjectSendStream[bytes], bool] = {}  # stream -> dropping
+        # stream -> (offset, prefix) of the messages it leaves out (subscribe_skipping)
+        self.skips: dict[MemoryObjectSendStream[bytes], tuple[int, bytes]] = {}
         self.ready = anyio.Event()
         # False until Redis confirmed our SUBSCRIBE: a message read before then was
         # published before the subscription was entered (say, while an UNSUBSCRIBE of
@@ -760,7 +762,17 @@ class RedisTransport(Service):
             TransportError: Redis did not confirm the subscription within ``timeout``.
             ClosedError: the transport is closed or was never entered.
         """
-        return self._subscription(topic)
+        return self._subscription(topic, None)
+
+    def subscribe_skipping(
+        self, topic: str, *, prefix: bytes, offset: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """As [`subscribe`][podshare.transport.RedisTransport.subscribe], leaving out the
+        messages whose bytes at ``offset`` start with ``prefix`` (see
+        [`EchoSkipping`][podshare.transport.EchoSkipping]): Redis still sends this
+        connection its own publications, but they are dropped here, before they wake
+        the subscriber (with ``secret=``, after the message was authenticated)."""
+        return self._subscription(topic, check_skip(prefix, offset))
 
     def add_gap_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after each reconnect (once resubscribed) and when a
@@ -865,7 +877,9 @@ class RedisTransport(Service):
     # -- subscriptions -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def _subscription(self, topic: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _subscription(
+        self, topic: str, skip: tuple[int, bytes] | None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         self._check_open()
         name = self.channel_for(topic).encode()
         send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
@@ -877,6 +891,8 @@ class RedisTransport(Service):
             if not self._send_command(b"SUBSCRIBE", name):
                 channel.open()  # subscribed (and a gap reported) on reconnection
         channel.subs[send] = False
+        if skip is not None:
+            channel.skips[send] = skip
         try:
             try:
                 with anyio.fail_after(self._timeout):
@@ -890,6 +906,7 @@ class RedisTransport(Service):
             yield _Messages(receive)
         finally:
             channel.subs.pop(send, None)
+            channel.skips.pop(send, None)
             send.close()
             receive.close()
             if not channel.subs and self._channels.get(name) is channel:
@@ -1152,7 +1169,11 @@ class RedisTransport(Service):
 
     def _dispatch(self, channel: _Channel, name: bytes, message: bytes) -> None:
         gap = False
+        skips = channel.skips
         for stream, dropping in channel.subs.items():
+            skip = skips.get(stream) if skips else None
+            if skip is not None and message.startswith(skip[1], skip[0]):
+                continue  # the subscriber's own message (subscribe_skipping)
             try:
                 stream.send_nowait(message)
             except anyio.WouldBlock:

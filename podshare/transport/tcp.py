@@ -73,7 +73,7 @@ from podshare.transport._framing import (
 )
 from podshare.transport._tcp_gate import HandshakeGate, RateLimitedLog, Ticket
 from podshare.transport._tcp_queue import SendQueue
-from podshare.transport.base import GapListeners
+from podshare.transport.base import GapListeners, check_skip
 
 __all__ = [
     "ErrorCallback",
@@ -309,11 +309,18 @@ class _Connection:
 class _Subscription:
     """One subscription: its stream, and the peers whose older messages it must skip."""
 
-    __slots__ = ("barrier_id", "done", "pending", "send")
+    __slots__ = ("barrier_id", "done", "pending", "send", "skip")
 
-    def __init__(self, send: MemoryObjectSendStream[bytes], barrier_id: int) -> None:
+    def __init__(
+        self,
+        send: MemoryObjectSendStream[bytes],
+        barrier_id: int,
+        skip: tuple[int, bytes] | None = None,
+    ) -> None:
         self.send = send
         self.barrier_id = barrier_id
+        #: (offset, prefix) of this process's own messages the subscriber leaves out.
+        self.skip = skip
         #: Connections whose BARRIER_ACK has not arrived: their messages predate us.
         self.pending: set[_Connection] = set()
         self.done = anyio.Event()
@@ -1394,6 +1401,9 @@ class TcpTransport(Service):
         for sub in tuple(subs):
             if sub.pending and source in sub.pending:
                 continue  # published before this subscription existed
+            skip = sub.skip if source is None else None
+            if skip is not None and payload.startswith(skip[1], skip[0]):
+                continue  # the subscriber's own message (subscribe_skipping)
             try:
                 sub.send.send_nowait(payload)
             except anyio.WouldBlock:
@@ -1418,7 +1428,15 @@ class TcpTransport(Service):
             ConfigurationError: on entering, if ``topic`` is empty or longer than 1024
                 bytes of UTF-8.
         """
-        return self._subscription(topic)
+        return self._subscription(topic, None)
+
+    def subscribe_skipping(
+        self, topic: str, *, prefix: bytes, offset: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """As [`subscribe`][podshare.transport.TcpTransport.subscribe], leaving out the
+        messages published through this transport whose bytes at ``offset`` start with
+        ``prefix`` (see [`EchoSkipping`][podshare.transport.EchoSkipping])."""
+        return self._subscription(topic, check_skip(prefix, offset))
 
     def _too_many_topics(self) -> bool:
         return len(self._subs) > MAX_ANNOUNCED_TOPICS or (
@@ -1440,7 +1458,9 @@ class TcpTransport(Service):
                 self._send(conn, PeerProtocol.topic_removed_body(topic))
 
     @asynccontextmanager
-    async def _subscription(self, topic: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _subscription(
+        self, topic: str, skip: tuple[int, bytes] | None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         self._check_open()
         try:
             raw = check_topic(topic)
@@ -1450,7 +1470,7 @@ class TcpTransport(Service):
         receive: MemoryObjectReceiveStream[bytes]
         send, receive = anyio.create_memory_object_stream[bytes](self._subscription_buffer)
         self._next_barrier += 1
-        sub = _Subscription(send, self._next_barrier)
+        sub = _Subscription(send, self._next_barrier, skip)
         subs = self._subs.get(topic)
         if subs is None:
             subs = self._subs[topic] = set()

@@ -24,8 +24,14 @@ from podshare.exceptions import (
 )
 from podshare.testing import check_transport
 from podshare.transport import RedisRemote, RedisStats, RedisTransport
-from podshare.transport.base import ClusterReadiness, GapReporting, SubscriberCounting, Transport
-from tests._support import RedisServer
+from podshare.transport.base import (
+    ClusterReadiness,
+    EchoSkipping,
+    GapReporting,
+    SubscriberCounting,
+    Transport,
+)
+from tests._support import RedisServer, check_echo_skipping
 
 pytestmark = pytest.mark.integration
 
@@ -905,3 +911,17 @@ async def test_subscriber_falling_behind_is_reported_to_on_error(
     assert len(errors) == 1  # once per episode, not once per dropped message
     assert isinstance(errors[0], TransportError)
     assert "fell 1 messages behind" in str(errors[0])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("secret", [None, "a secret of sixteen bytes or more"])
+async def test_subscribe_skipping_leaves_out_only_its_own_messages(
+    redis_server: RedisServer, secret: str | None
+) -> None:
+    prefix = _prefix()
+    async with (
+        RedisTransport(redis_server.url, channel_prefix=prefix, secret=secret) as mine,
+        RedisTransport(redis_server.url, channel_prefix=prefix, secret=secret) as theirs,
+    ):
+        assert isinstance(mine, EchoSkipping)
+        await check_echo_skipping(mine, theirs)

@@ -24,6 +24,7 @@ from podshare.exceptions import (
 from podshare.testing import check_transport
 from podshare.transport import (
     DNSDiscoverer,
+    EchoSkipping,
     GapReporting,
     PeerConnection,
     TcpStats,
@@ -48,7 +49,7 @@ from podshare.transport._framing import (
     encode_frame,
     encode_message_body,
 )
-from tests._support import eventually
+from tests._support import check_echo_skipping, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -1305,3 +1306,9 @@ async def test_close_timeout_bounds_closing_with_a_peer_that_never_reads() -> No
                 await publish_until(writer, lambda: writer.stats().queued_bytes > size, size)
                 await writer.aclose()
     assert writer.connections == {}
+
+
+async def test_subscribe_skipping_leaves_out_only_its_own_messages() -> None:
+    async with mesh(2) as (mine, theirs):
+        assert isinstance(mine, EchoSkipping)
+        await check_echo_skipping(mine, theirs)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from podshare.exceptions import ClosedError, ConfigurationError, MessageTooLarge, TransportError
 from podshare.transport import (
     ClusterReadiness,
+    EchoSkipping,
     FaultPlan,
     GapReporting,
     MemoryNetwork,
@@ -24,6 +25,7 @@ from podshare.transport import (
     SubscriberCounting,
     Transport,
 )
+from tests._support import check_echo_skipping
 
 pytestmark = pytest.mark.anyio
 
@@ -557,3 +559,18 @@ async def test_close_timeout_is_accepted_and_closing_stays_immediate() -> None:
             await tr.publish("t", b"pending for a minute")
     assert tr.closed
     assert tr.state == "closed"
+
+
+async def test_subscribe_skipping_leaves_out_only_its_own_messages() -> None:
+    net = MemoryNetwork()
+    async with MemoryTransport(network=net) as mine, MemoryTransport(network=net) as theirs:
+        assert isinstance(mine, EchoSkipping)
+        await check_echo_skipping(mine, theirs)
+
+
+async def test_subscribe_skipping_checks_its_arguments() -> None:
+    async with MemoryTransport() as tr:
+        for prefix, offset in ((b"", 0), ("me", 0), (b"me", -1), (b"me", True)):
+            with pytest.raises(ConfigurationError):
+                async with tr.subscribe_skipping("t", prefix=prefix, offset=offset):  # type: ignore[arg-type]
+                    pass
