@@ -90,6 +90,11 @@ _MAX_PEERS: Final = 4096
 _COLLECT_MS: Final = 50  # a joiner waits at most this long for more hello answers
 _TRANSFER_MEMORY_MS: Final = 60_000  # full transfers served this recently count as load
 _MAX_RETURNED: Final = 64  # peers remembered as "came back" between two recontact syncs
+# A peer down this long that never wrote (the horizon does not track it) is forgotten.
+_PEER_MEMORY_MS: Final = 60_000
+# New exchanges one peer may ask this replica to serve: a burst, then one per interval.
+_SERVE_BURST: Final = 8
+_SERVE_EVERY_MS: Final = 250
 # Orders wire entries by stamp: (time, counter, origin).
 _STAMP_ORDER: Final = attrgetter("time", "counter", "origin")
 
@@ -167,10 +172,23 @@ class ReplicaOptions:
 class _Peer:
     """Another replica of this store."""
 
-    __slots__ = ("down_at", "failed_at", "last_ok", "nonce", "synced", "transfers", "up")
+    __slots__ = (
+        "down_at",
+        "failed_at",
+        "last_ok",
+        "nonce",
+        "served_at",
+        "synced",
+        "tokens",
+        "transfers",
+        "up",
+    )
 
     def __init__(self, nonce: int) -> None:
         self.nonce = nonce
+        # Its budget of new exchanges to serve (refilled with time; see _may_serve).
+        self.tokens = float(_SERVE_BURST)
+        self.served_at = -1
         self.up = True
         self.synced: bool | None = None  # None: unknown
         self.transfers = 0
@@ -292,6 +310,8 @@ class Replica(Generic[T]):
         self._next_compaction = now + options.compaction_interval_ms
         self._skew_reported: dict[str, int] = {}
         self._left = False
+        # When down peers are next looked at for forgetting (None: none is down).
+        self._prune_at: int | None = None
 
     # --- small helpers -----------------------------------------------------------------
 
@@ -441,6 +461,9 @@ class Replica(Generic[T]):
         collect = self._collect_at
         if collect is not None and collect < due:
             due = collect
+        prune = self._prune_at
+        if prune is not None and prune < due:
+            due = prune
         expiry = self.state.next_expiry()
         if expiry is not None and expiry < due:
             due = expiry
@@ -805,10 +828,30 @@ class Replica(Generic[T]):
             del self._peers[node]
         return bool(down)
 
+    def _forget_down_peers(self, now: int) -> None:
+        """Forget peers down for a while that never wrote: the table holds the live and
+        the writers whose departure compaction weighs, not every sender ever seen."""
+        self._prune_at = None
+        seen = self.horizon.seen
+        first: int | None = None
+        for node in [n for n, p in self._peers.items() if not p.up]:
+            p = self._peers[node]
+            if node in seen:
+                continue  # compaction weighs how long it is down
+            if now - p.down_at >= _PEER_MEMORY_MS:
+                del self._peers[node]
+                self._returned.discard(node)
+            elif first is None or p.down_at < first:
+                first = p.down_at
+        if first is not None:
+            self._prune_at = first + _PEER_MEMORY_MS
+
     def _peer_gone(self, node: str, peer: _Peer) -> None:
         if peer.up:
             peer.up = False
             peer.down_at = self.state.now
+            if self._prune_at is None:
+                self._prune_at = self.state.now + _PEER_MEMORY_MS
             peer.synced = None
             self._events.append(Event(EventKind.NODE_DOWN, node, None, node, None))
         self.sync.abandon(node, "gone")
@@ -1027,7 +1070,9 @@ class Replica(Generic[T]):
 
     def _choose_peer(self, now: int) -> str | None:
         """The peer to sync with: up, not refused lately, the one synced with least
-        recently first (so exchanges spread over every pair), proven peers before others."""
+        recently first (so exchanges spread over every pair), proven peers before others:
+        those an exchange completed with, then those liveness confirms, then the rest
+        (a sender that only claims to be synced is tried last)."""
         retry_after = self.options.sync_timeout_ms
         best: tuple[int, int, float] | None = None
         chosen = None
@@ -1036,7 +1081,8 @@ class Replica(Generic[T]):
                 continue
             if p.failed_at >= 0 and now - p.failed_at < retry_after:
                 continue
-            rank = (0 if p.last_ok >= 0 else 1, p.last_ok, self._rng.random())
+            proven = 0 if p.last_ok >= 0 else 1 if self._alive(node, p.nonce) is True else 2
+            rank = (proven, p.last_ok, self._rng.random())
             if best is None or rank < best:
                 best, chosen = rank, node
         if chosen is None and self._live_nodes is not None:
@@ -1048,11 +1094,29 @@ class Replica(Generic[T]):
         return chosen
 
     def _may_serve(self, peer: str) -> str:
+        """Whether to answer a new exchange ``peer`` asks for.
+
+        Only a synced replica answers, only a peer liveness confirms alive (a request
+        from a sender nobody heard on the liveness stream, a forged one naming a node
+        that does not exist, gets a one-line "busy"), and each peer has a budget of new
+        exchanges (:data:`_SERVE_BURST`, then one per :data:`_SERVE_EVERY_MS`).
+        """
         if not self._synced:
             return "refused"
         p = self._peers.get(peer)
         if p is None or not p.up:
             return "refused"
+        if self._liveness_of is not None and self._alive(peer, p.nonce) is not True:
+            self.stats.syncs_unserved += 1
+            return "busy"  # not confirmed yet: the requester retries later
+        now = self.state.now
+        if p.served_at >= 0:
+            p.tokens = min(float(_SERVE_BURST), p.tokens + (now - p.served_at) / _SERVE_EVERY_MS)
+        p.served_at = now
+        if p.tokens < 1:
+            self.stats.syncs_unserved += 1
+            return "busy"
+        p.tokens -= 1
         return "ok"
 
     def _on_finished(self, notice: SyncFinished) -> None:
@@ -1187,6 +1251,8 @@ class Replica(Generic[T]):
                 self._hydrate_from_best(now)
         if self._recontact_at is not None and now >= self._recontact_at:
             self._recontact(now)
+        if self._prune_at is not None and now >= self._prune_at:
+            self._forget_down_peers(now)
         if now >= self._next_compaction:
             self._next_compaction = now + self.options.compaction_interval_ms
             self.compact(now)

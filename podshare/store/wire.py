@@ -338,8 +338,8 @@ class SyncRequest(_Message, tag=TAG_SYNC_REQUEST, frozen=True, gc=False):
     """One round of a digest exchange, to the responder's inbox.
 
     ``level`` 0 asks for everything (the requester holds nothing); levels 1-3 carry the
-    requester's hashes of ``buckets`` (``None``: every bucket of that level), in order,
-    ``HASH_SIZE`` bytes each.
+    requester's hashes of ``buckets`` (``None``: every bucket of that level; else in
+    increasing order, each once), in order, ``HASH_SIZE`` bytes each.
     """
 
     sync_id: U63
@@ -353,8 +353,12 @@ class SyncRequest(_Message, tag=TAG_SYNC_REQUEST, frozen=True, gc=False):
             raise ValueError("too many buckets")
         if len(self.hashes) != n * HASH_SIZE:
             raise ValueError(f"{len(self.hashes)} hash bytes for {n} buckets")
-        if self.buckets is not None and any(b >= 16**self.level for b in self.buckets):
-            raise ValueError("a bucket beyond its level")
+        if self.buckets is not None:
+            if any(b >= 16**self.level for b in self.buckets):
+                raise ValueError("a bucket beyond its level")
+            # In increasing order, each once: a round never names a bucket twice.
+            if any(a >= b for a, b in zip(self.buckets, self.buckets[1:], strict=False)):
+                raise ValueError("buckets not in increasing order")
 
 
 #: SyncReply status: answered.
