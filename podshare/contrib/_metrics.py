@@ -201,6 +201,9 @@ _STORE: dict[str, Field] = {
     "syncs_unserved": _counter(
         STORE, "syncs_unserved_total", "New syncs answered busy (peer unconfirmed or over budget)"
     ),
+    "leaves_unproven": _counter(
+        STORE, "leaves_unproven_total", "Store goodbyes ignored (unproven, sender still alive)"
+    ),
     "sync_bytes_sent": _counter(STORE, "sync_sent_bytes_total", "Bytes of sync traffic sent"),
     "hydration_seconds": _gauge(
         STORE, "hydration_seconds", "How long the initial hydration took (0 until synced)"

@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
@@ -92,6 +93,9 @@ _TRANSFER_MEMORY_MS: Final = 60_000  # full transfers served this recently count
 _MAX_RETURNED: Final = 64  # peers remembered as "came back" between two recontact syncs
 # A peer down this long that never wrote (the horizon does not track it) is forgotten.
 _PEER_MEMORY_MS: Final = 60_000
+# A peer's leave commitment is taken only this soon after it is first heard from: its
+# hellos come first, a forger's claim for a peer known for a while is not believed.
+_COMMIT_WINDOW_MS: Final = 10_000
 # New exchanges one peer may ask this replica to serve: a burst, then one per interval.
 _SERVE_BURST: Final = 8
 _SERVE_EVERY_MS: Final = 250
@@ -173,8 +177,10 @@ class _Peer:
     """Another replica of this store."""
 
     __slots__ = (
+        "commitment",
         "down_at",
         "failed_at",
+        "heard_at",
         "last_ok",
         "nonce",
         "served_at",
@@ -184,11 +190,15 @@ class _Peer:
         "up",
     )
 
-    def __init__(self, nonce: int) -> None:
+    def __init__(self, nonce: int, now: int) -> None:
         self.nonce = nonce
+        self.heard_at = now  # when this incarnation was first heard (or back up)
         # Its budget of new exchanges to serve (refilled with time; see _may_serve).
         self.tokens = float(_SERVE_BURST)
         self.served_at = -1
+        # The hash of the token its Leave will reveal (from its hellos): None unknown,
+        # b"" contested (two were claimed, one forged).
+        self.commitment: bytes | None = None
         self.up = True
         self.synced: bool | None = None  # None: unknown
         self.transfers = 0
@@ -312,6 +322,9 @@ class Replica(Generic[T]):
         self._left = False
         # When down peers are next looked at for forgetting (None: none is down).
         self._prune_at: int | None = None
+        # The token this replica's Leave reveals, committed to in its hellos.
+        self._leave_token = secrets.token_bytes(16)
+        self._commitment = wire.leave_commitment(self._leave_token)
 
     # --- small helpers -----------------------------------------------------------------
 
@@ -712,7 +725,7 @@ class Replica(Generic[T]):
         elif isinstance(msg, wire.HelloAck):
             self._on_hello_ack(msg, peer, now)
         elif isinstance(msg, wire.Leave):
-            self._peer_gone(sender, peer)
+            self._on_leave(msg, peer)
         else:
             stats.decode_errors += 1
             self._errors.append(ProtocolError(f"{type(msg).__name__} on a store topic"))
@@ -805,12 +818,14 @@ class Replica(Generic[T]):
                 return peer  # two live processes share the id: keep the first
             peer.nonce = nonce
             peer.synced = None
+            peer.commitment = None
+            peer.heard_at = now
         if peer is None:
             if len(self._peers) >= _MAX_PEERS and not self._prune_peers():
                 return None
             if self._alive(sender, nonce) is False:
                 return None  # a late message of a life already over
-            peer = self._peers[sender] = _Peer(nonce)
+            peer = self._peers[sender] = _Peer(nonce, now)
             self.stats.peers_seen += 1
             self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
             return peer
@@ -818,6 +833,7 @@ class Replica(Generic[T]):
             if self._alive(sender, nonce) is False:
                 return None
             peer.up = True
+            peer.heard_at = now
             self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
             self._schedule_recontact(sender, now)
         return peer
@@ -850,6 +866,7 @@ class Replica(Generic[T]):
         if peer.up:
             peer.up = False
             peer.down_at = self.state.now
+            peer.commitment = None  # a replica reopened in the same process commits anew
             if self._prune_at is None:
                 self._prune_at = self.state.now + _PEER_MEMORY_MS
             peer.synced = None
@@ -933,7 +950,15 @@ class Replica(Generic[T]):
         self._send_hello(now)
 
     def _send_hello(self, now: int) -> None:
-        msg = wire.Hello(self.node_id, self.nonce, now, self._synced, True, len(self.state.entries))
+        msg = wire.Hello(
+            self.node_id,
+            self.nonce,
+            now,
+            self._synced,
+            True,
+            len(self.state.entries),
+            self._commitment,
+        )
         self._broadcast(wire.encode(msg))
         self._hello_at = now + self._hello_backoff
 
@@ -985,10 +1010,38 @@ class Replica(Generic[T]):
         self._hello_at = None
         self.stats.hydration_seconds = (now - self.started_at) / 1000
         # Peers choose sync partners among synced replicas: say so now.
-        msg = wire.Hello(self.node_id, self.nonce, now, True, False, len(self.state.entries))
+        msg = wire.Hello(
+            self.node_id, self.nonce, now, True, False, len(self.state.entries), self._commitment
+        )
         self._broadcast(wire.encode(msg))
 
+    @staticmethod
+    def _committed(peer: _Peer, commitment: bytes | None, now: int) -> None:
+        """Pin the first leave commitment a peer claims soon after it was first heard (a
+        different one later is someone else's: then no Leave of it can be proven)."""
+        if commitment is None or peer.commitment == commitment:
+            return
+        if peer.commitment is None and now - peer.heard_at <= _COMMIT_WINDOW_MS:
+            peer.commitment = commitment
+        else:
+            peer.commitment = b""
+
+    def _on_leave(self, msg: wire.Leave, peer: _Peer) -> None:
+        """A replica closed: honoured when its token matches its hellos' commitment, or
+        when liveness does not count its incarnation alive (a leaving process says its
+        goodbye there too). Otherwise, as a forgery would be, it is counted and ignored."""
+        proven = (
+            msg.token is not None
+            and bool(peer.commitment)
+            and wire.leave_commitment(msg.token) == peer.commitment
+        )
+        if not proven and self._alive(msg.sender, msg.nonce) is True:
+            self.stats.leaves_unproven += 1
+            return
+        self._peer_gone(msg.sender, peer)
+
     def _on_hello(self, msg: wire.Hello, peer: _Peer, now: int) -> None:
+        self._committed(peer, msg.commitment, now)
         peer.synced = msg.synced
         if not msg.ask:
             return
@@ -1010,6 +1063,7 @@ class Replica(Generic[T]):
             self._synced,
             len(self.state.entries),
             self._recent_transfers(now),
+            self._commitment,
         )
         self._send_to(msg.sender, wire.encode(ack))
 
@@ -1022,6 +1076,7 @@ class Replica(Generic[T]):
         return len(self.sync.serving) + len(recent)
 
     def _on_hello_ack(self, msg: wire.HelloAck, peer: _Peer, now: int) -> None:
+        self._committed(peer, msg.commitment, now)
         peer.synced = msg.synced
         peer.transfers = msg.transfers
         if not self._hydrating:
@@ -1289,7 +1344,7 @@ class Replica(Generic[T]):
         own = self.state.ephemeral.get((self.node_id, self.nonce), set())
         for key in sorted(own):
             self.local_delete(key, now)
-        self._broadcast(wire.encode(wire.Leave(self.node_id, self.nonce)))
+        self._broadcast(wire.encode(wire.Leave(self.node_id, self.nonce, self._leave_token)))
 
 
 _MISSING: Any = object()

@@ -19,7 +19,7 @@ message                 topic      meaning
 :class:`Writes`         broadcast  a batch of local writes
 :class:`Hello`          broadcast  a replica joined (or rejoins) and asks synced peers to answer
 :class:`HelloAck`       inbox      a peer's answer: synced?, keys, transfers it serves
-:class:`Leave`          broadcast  a replica of this store closed (it serves no more syncs)
+:class:`Leave`          broadcast  a replica of this store closed (proven with its hellos' token)
 :class:`SyncRequest`    inbox      one round of a digest exchange (or a full-transfer request)
 :class:`SyncReply`      inbox      the differing buckets, the responder's frontier vector
 :class:`SyncKeys`       inbox      a part of the responder's key summaries of final buckets
@@ -53,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
@@ -93,6 +94,7 @@ __all__ = [
     "encode_raw",
     "entry_list",
     "entry_size",
+    "leave_commitment",
     "make_entry",
     "packed_size",
 ]
@@ -313,25 +315,40 @@ class Writes(_Message, tag=TAG_WRITES, frozen=True, gc=False):
 
 
 class Hello(_Message, tag=TAG_HELLO, frozen=True, gc=False):
-    """A replica announces itself; ``ask``: synced peers, answer with a :class:`HelloAck`."""
+    """A replica announces itself; ``ask``: synced peers, answer with a :class:`HelloAck`.
+
+    ``commitment``: the hash of the token this replica's :class:`Leave` will reveal.
+    """
 
     sent_at: Time
     synced: bool
     ask: bool
     keys: U63
+    commitment: Token | None = None
 
 
 class HelloAck(_Message, tag=TAG_HELLO_ACK, frozen=True, gc=False):
-    """A peer's answer to a hello (to the asker's inbox)."""
+    """A peer's answer to a hello (to the asker's inbox); ``commitment`` as in :class:`Hello`."""
 
     sent_at: Time
     synced: bool
     keys: U63
     transfers: U63
+    commitment: Token | None = None
 
 
 class Leave(_Message, tag=TAG_LEAVE, frozen=True, gc=False):
-    """A replica of this store closed: it serves no more syncs (liveness is separate)."""
+    """A replica of this store closed: it serves no more syncs (liveness is separate).
+
+    ``token`` hashes (:func:`leave_commitment`) to the commitment of its hellos.
+    """
+
+    token: Token | None = None
+
+
+def leave_commitment(token: bytes) -> bytes:
+    """The commitment a replica's hellos carry for the token its :class:`Leave` reveals."""
+    return hashlib.blake2b(token, digest_size=16, person=b"podshare-leave").digest()
 
 
 class SyncRequest(_Message, tag=TAG_SYNC_REQUEST, frozen=True, gc=False):
@@ -548,6 +565,13 @@ def encode(msg: Message) -> bytes:
     """
     if isinstance(msg, Writes | SyncData):
         return encode_raw(msg, [entry_list(e) for e in msg.entries])
+    if isinstance(msg, Hello | HelloAck | Leave):
+        # Trailing fields a revision appended are left out when unset, as older
+        # revisions wrote them.
+        fields: list[Any] = [_TAG[type(msg)], *msgspec.structs.astuple(msg)]
+        while fields[-1] is None:
+            fields.pop()
+        return _encoder.encode(fields)
     return _encoder.encode(msg)
 
 
