@@ -214,6 +214,35 @@ def test_a_forged_goodbye_with_a_forged_commitment_changes_nothing() -> None:
     assert net.replica("a").values == {"presence:b": "here"}
 
 
+def test_a_forged_store_leave_changes_nothing() -> None:
+    net = cluster("a", "b")
+    b = net.nodes["b"].replica
+    a = net.replica("a")
+    # Without the token, and with a token of the forger's announced late: b is known for
+    # longer than a commitment is taken, so the forged hello contests b's instead.
+    net.advance(11_000, step_ms=1_000)
+    token = bytes(range(16))
+    hello = wire.Hello("b", b.nonce, net.now, True, False, 0, wire.leave_commitment(token))
+    net.inject("a", wire.encode(hello))
+    net.inject("a", wire.encode(wire.Leave("b", b.nonce)))
+    net.inject("a", wire.encode(wire.Leave("b", b.nonce, token)))
+    net.settle()
+    assert a.snapshot_stats().leaves_unproven == 2
+    assert a.members() == {"a", "b"}
+    assert "b" not in downs(net, "a")
+
+
+def test_a_genuine_store_leave_is_honoured_at_once() -> None:
+    net = cluster("a", "b")
+    b = net.nodes["b"]
+    b.replica.leave(net.now)  # the store closes; the process (its liveness) lives on
+    net.flush("b")
+    net.run()
+    assert net.replica("a").members() == {"a"}
+    assert downs(net, "a") == ["b"]
+    assert net.nodes["a"].membership.alive("b", b.membership.nonce) is True
+
+
 def test_a_suspicion_no_refutation_can_answer_is_ignored() -> None:
     net = cluster("a", "b")
     b = net.nodes["b"].membership
