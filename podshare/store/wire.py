@@ -561,7 +561,7 @@ def encode(msg: Message) -> bytes:
 
     Example:
         >>> decode(encode(Leave("pod-a", 9)), max_size=64)
-        Leave(sender='pod-a', nonce=9)
+        Leave(sender='pod-a', nonce=9, token=None)
     """
     if isinstance(msg, Writes | SyncData):
         return encode_raw(msg, [entry_list(e) for e in msg.entries])
