@@ -15,8 +15,9 @@ from podshare.exceptions import DecodeError, InvalidValue
 
 MAX_NODE_LENGTH = 256
 # The largest per-node count, locally and on the wire: 63 bits, like every other
-# integer podshare's wire carries. A peer's count above it is malformed input (a forged
-# 2**64 - 1 would otherwise leave that node's increment() and add() failing for good).
+# integer podshare's wire carries. A peer's count above it is malformed input. (A forged
+# count at the limit itself is valid and exhausts that node name's counter: only an
+# authenticated transport keeps forged deltas out.)
 MAX_COUNT = 2**63 - 1
 MAX_DEPTH = 16
 _MIN_INT = -(2**63)
