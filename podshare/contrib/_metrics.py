@@ -198,6 +198,12 @@ _STORE: dict[str, Field] = {
     ),
     "syncs_failed": _counter(STORE, "syncs_failed_total", "Syncs asked for that did not complete"),
     "syncs_served": _counter(STORE, "syncs_served_total", "Syncs answered for a peer"),
+    "syncs_unserved": _counter(
+        STORE, "syncs_unserved_total", "New syncs answered busy (peer unconfirmed or over budget)"
+    ),
+    "leaves_unproven": _counter(
+        STORE, "leaves_unproven_total", "Store goodbyes ignored (unproven, sender still alive)"
+    ),
     "sync_bytes_sent": _counter(STORE, "sync_sent_bytes_total", "Bytes of sync traffic sent"),
     "hydration_seconds": _gauge(
         STORE, "hydration_seconds", "How long the initial hydration took (0 until synced)"

@@ -14,7 +14,11 @@ from typing import Any, NoReturn
 from podshare.exceptions import DecodeError, InvalidValue
 
 MAX_NODE_LENGTH = 256
-MAX_COUNT = 2**64 - 1
+# The largest per-node count, locally and on the wire: 63 bits, like every other
+# integer podshare's wire carries. A peer's count above it is malformed input. (A forged
+# count at the limit itself is valid and exhausts that node name's counter: only an
+# authenticated transport keeps forged deltas out.)
+MAX_COUNT = 2**63 - 1
 MAX_DEPTH = 16
 _MIN_INT = -(2**63)
 _MAX_INT = 2**64 - 1
@@ -120,9 +124,9 @@ def node_from_wire(x: object) -> str:
 
 
 def count_from_wire(x: object, *, positive: bool = True) -> int:
-    """Decode a count: an int in [1, 2**64 - 1] (or [0, ...] when not ``positive``)."""
+    """Decode a count: an int in [1, MAX_COUNT] (or [0, ...] when not ``positive``)."""
     if type(x) is not int or not (1 if positive else 0) <= x <= MAX_COUNT:
-        fail("count must be a positive int below 2**64")
+        fail("count must be a positive int below 2**63")
     return x
 
 

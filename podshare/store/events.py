@@ -110,6 +110,13 @@ class Stats(StatsRecord):
     """Syncs this replica asked for that did not complete (timeout, refusal, busy peer)."""
     syncs_served: int = 0
     """Syncs this replica answered for a peer."""
+    syncs_unserved: int = 0
+    """New syncs a peer asked for that this replica answered "busy": the peer is not
+    confirmed alive by liveness yet, or it asked for more than its budget."""
+    leaves_unproven: int = 0
+    """Store goodbyes ignored: their token did not match the sender's hellos, and
+    liveness still counts it alive (a forgery, or a replica whose hellos this one missed;
+    its process's own goodbye or silence ends it)."""
     sync_bytes_sent: int = 0
     """Bytes of sync traffic (digests, summaries, entry streams) this replica sent."""
     hydration_seconds: float = 0.0

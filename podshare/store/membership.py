@@ -56,6 +56,11 @@ __all__ = [
 LIVE_TOPIC: Final = "pl/live"
 
 _ALIVE, _SUSPECT, _DOWN = 0, 1, 2
+# The largest version a refutation may reach (the wire carries 63-bit versions).
+_MAX_VERSION: Final = 2**63 - 1
+# A suspicion naming a version this far beyond the one known here is not one a monitor
+# can have heard (versions grow by one per refutation): forged, ignored.
+_VERSION_STEP: Final = 1 << 16
 
 
 def inbox_of(node: str) -> str:
@@ -128,6 +133,7 @@ class _Member:
         "bye",
         "commitment",
         "confirmed",
+        "contested",
         "counted",
         "down_at",
         "interval",
@@ -157,6 +163,9 @@ class _Member:
         self.interval = 0
         self.position = _ring_position(node, nonce)
         self.bye = False  # left with a valid goodbye: nothing it says later is news
+        # Two commitments were claimed for this incarnation (one forged): no goodbye is
+        # taken for it, it goes down through the probes instead.
+        self.contested = False
         self.told = 0  # when it was last told it counts as down here
 
 
@@ -210,6 +219,8 @@ class Membership:
         self._position = _ring_position(node_id, nonce)
         #: Counters (read by the driver's stats).
         self.forged_byes = 0
+        self.forged_commitments = 0
+        self.forged_suspicions = 0
         self.refused_members = 0
         self.duplicates = 0
         self.messages_received = 0
@@ -384,8 +395,14 @@ class Membership:
         elif m.state == _SUSPECT and version > m.version:
             m.state = _ALIVE
         m.version = max(m.version, version)
-        m.started_at = started_at
-        m.commitment = commitment
+        if not m.commitment:
+            # The first commitment heard for an incarnation is its own (it announced it
+            # when it started); a later, different one is someone else's.
+            m.started_at = started_at
+            m.commitment = commitment
+        elif commitment != m.commitment and not m.contested:
+            m.contested = True
+            self.forged_commitments += 1
         if not m.confirmed:
             m.confirmed = True
             self._ring = None
@@ -474,20 +491,27 @@ class Membership:
 
     def _on_suspect(self, msg: wire.Suspect, now: int) -> None:
         if msg.target == self.node_id:
-            if msg.target_nonce == self.nonce and msg.target_version >= self.version:
-                # Refute: this incarnation is alive.
-                self.version = msg.target_version + 1
-                self._beacon(now, join=False)
+            if msg.target_nonce != self.nonce or msg.target_version < self.version:
+                return
+            if msg.target_version >= _MAX_VERSION:
+                self.forged_suspicions += 1  # no higher version exists to refute it with
+                return
+            # Refute: this incarnation is alive.
+            self.version = msg.target_version + 1
+            self._beacon(now, join=False)
             return
         m = self._members.get((msg.target, msg.target_nonce))
         if m is None or m.state != _ALIVE or msg.target_version < m.version:
+            return
+        if msg.target_version > m.version + _VERSION_STEP:
+            self.forged_suspicions += 1
             return
         m.state = _SUSPECT
         m.suspect_until = now + self.options.suspicion_ms
 
     def _on_bye(self, msg: wire.Bye, now: int) -> None:
         m = self._members.get((msg.sender, msg.nonce))
-        if m is None or not m.commitment or commitment_of(msg.token) != m.commitment:
+        if m is None or not m.commitment or m.contested or commitment_of(msg.token) != m.commitment:
             self.forged_byes += 1
             return
         m.bye = True
@@ -565,8 +589,11 @@ class Membership:
                 del self._by_node[key[0]]
 
     def _evict(self) -> bool:
-        """Make room by forgetting the longest-down incarnation; False if none is down."""
+        """Make room by forgetting the longest-down incarnation, else the longest-expected
+        one never heard from (forged senders fill the table with those); False if none."""
         down = [(m.down_at, k) for k, m in self._members.items() if m.state == _DOWN]
+        if not down:
+            down = [(m.last_heard, k) for k, m in self._members.items() if not m.confirmed]
         if not down:
             return False
         self._forget(min(down)[1])

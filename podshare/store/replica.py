@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
@@ -90,6 +91,14 @@ _MAX_PEERS: Final = 4096
 _COLLECT_MS: Final = 50  # a joiner waits at most this long for more hello answers
 _TRANSFER_MEMORY_MS: Final = 60_000  # full transfers served this recently count as load
 _MAX_RETURNED: Final = 64  # peers remembered as "came back" between two recontact syncs
+# A peer down this long that never wrote (the horizon does not track it) is forgotten.
+_PEER_MEMORY_MS: Final = 60_000
+# A peer's leave commitment is taken only this soon after it is first heard from: its
+# hellos come first, a forger's claim for a peer known for a while is not believed.
+_COMMIT_WINDOW_MS: Final = 10_000
+# New exchanges one peer may ask this replica to serve: a burst, then one per interval.
+_SERVE_BURST: Final = 8
+_SERVE_EVERY_MS: Final = 250
 # Orders wire entries by stamp: (time, counter, origin).
 _STAMP_ORDER: Final = attrgetter("time", "counter", "origin")
 
@@ -167,10 +176,29 @@ class ReplicaOptions:
 class _Peer:
     """Another replica of this store."""
 
-    __slots__ = ("down_at", "failed_at", "last_ok", "nonce", "synced", "transfers", "up")
+    __slots__ = (
+        "commitment",
+        "down_at",
+        "failed_at",
+        "heard_at",
+        "last_ok",
+        "nonce",
+        "served_at",
+        "synced",
+        "tokens",
+        "transfers",
+        "up",
+    )
 
-    def __init__(self, nonce: int) -> None:
+    def __init__(self, nonce: int, now: int) -> None:
         self.nonce = nonce
+        self.heard_at = now  # when this incarnation was first heard (or back up)
+        # Its budget of new exchanges to serve (refilled with time; see _may_serve).
+        self.tokens = float(_SERVE_BURST)
+        self.served_at = -1
+        # The hash of the token its Leave will reveal (from its hellos): None unknown,
+        # b"" contested (two were claimed, one forged).
+        self.commitment: bytes | None = None
         self.up = True
         self.synced: bool | None = None  # None: unknown
         self.transfers = 0
@@ -290,6 +318,11 @@ class Replica(Generic[T]):
         self._next_compaction = now + options.compaction_interval_ms
         self._skew_reported: dict[str, int] = {}
         self._left = False
+        # When down peers are next looked at for forgetting (None: none is down).
+        self._prune_at: int | None = None
+        # The token this replica's Leave reveals, committed to in its hellos.
+        self._leave_token = secrets.token_bytes(16)
+        self._commitment = wire.leave_commitment(self._leave_token)
 
     # --- small helpers -----------------------------------------------------------------
 
@@ -439,6 +472,9 @@ class Replica(Generic[T]):
         collect = self._collect_at
         if collect is not None and collect < due:
             due = collect
+        prune = self._prune_at
+        if prune is not None and prune < due:
+            due = prune
         expiry = self.state.next_expiry()
         if expiry is not None and expiry < due:
             due = expiry
@@ -686,7 +722,7 @@ class Replica(Generic[T]):
         elif isinstance(msg, wire.HelloAck):
             self._on_hello_ack(msg, peer, now)
         elif isinstance(msg, wire.Leave):
-            self._peer_gone(sender, peer)
+            self._on_leave(msg, peer)
         else:
             stats.decode_errors += 1
             self._errors.append(ProtocolError(f"{type(msg).__name__} on a store topic"))
@@ -773,12 +809,14 @@ class Replica(Generic[T]):
                 return peer  # two live processes share the id: keep the first
             peer.nonce = nonce
             peer.synced = None
+            peer.commitment = None
+            peer.heard_at = now
         if peer is None:
             if len(self._peers) >= _MAX_PEERS and not self._prune_peers():
                 return None
             if self._alive(sender, nonce) is False:
                 return None  # a late message of a life already over
-            peer = self._peers[sender] = _Peer(nonce)
+            peer = self._peers[sender] = _Peer(nonce, now)
             self.stats.peers_seen += 1
             self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
             return peer
@@ -786,6 +824,7 @@ class Replica(Generic[T]):
             if self._alive(sender, nonce) is False:
                 return None
             peer.up = True
+            peer.heard_at = now
             self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
             self._schedule_recontact(sender, now)
         return peer
@@ -796,10 +835,31 @@ class Replica(Generic[T]):
             del self._peers[node]
         return bool(down)
 
+    def _forget_down_peers(self, now: int) -> None:
+        """Forget peers down for a while that never wrote: the table holds the live and
+        the writers whose departure compaction weighs, not every sender ever seen."""
+        self._prune_at = None
+        seen = self.horizon.seen
+        first: int | None = None
+        for node in [n for n, p in self._peers.items() if not p.up]:
+            p = self._peers[node]
+            if node in seen:
+                continue  # compaction weighs how long it is down
+            if now - p.down_at >= _PEER_MEMORY_MS:
+                del self._peers[node]
+                self._returned.discard(node)
+            elif first is None or p.down_at < first:
+                first = p.down_at
+        if first is not None:
+            self._prune_at = first + _PEER_MEMORY_MS
+
     def _peer_gone(self, node: str, peer: _Peer) -> None:
         if peer.up:
             peer.up = False
             peer.down_at = self.state.now
+            peer.commitment = None  # a replica reopened in the same process commits anew
+            if self._prune_at is None:
+                self._prune_at = self.state.now + _PEER_MEMORY_MS
             peer.synced = None
             self._events.append(Event(EventKind.NODE_DOWN, node, None, node, None))
         self.sync.abandon(node, "gone")
@@ -881,7 +941,15 @@ class Replica(Generic[T]):
         self._send_hello(now)
 
     def _send_hello(self, now: int) -> None:
-        msg = wire.Hello(self.node_id, self.nonce, now, self._synced, True, len(self.state.entries))
+        msg = wire.Hello(
+            self.node_id,
+            self.nonce,
+            now,
+            self._synced,
+            True,
+            len(self.state.entries),
+            self._commitment,
+        )
         self._broadcast(wire.encode(msg))
         self._hello_at = now + self._hello_backoff
 
@@ -933,10 +1001,38 @@ class Replica(Generic[T]):
         self._hello_at = None
         self.stats.hydration_seconds = (now - self.started_at) / 1000
         # Peers choose sync partners among synced replicas: say so now.
-        msg = wire.Hello(self.node_id, self.nonce, now, True, False, len(self.state.entries))
+        msg = wire.Hello(
+            self.node_id, self.nonce, now, True, False, len(self.state.entries), self._commitment
+        )
         self._broadcast(wire.encode(msg))
 
+    @staticmethod
+    def _committed(peer: _Peer, commitment: bytes | None, now: int) -> None:
+        """Pin the first leave commitment a peer claims soon after it was first heard (a
+        different one later is someone else's: then no Leave of it can be proven)."""
+        if commitment is None or peer.commitment == commitment:
+            return
+        if peer.commitment is None and now - peer.heard_at <= _COMMIT_WINDOW_MS:
+            peer.commitment = commitment
+        else:
+            peer.commitment = b""
+
+    def _on_leave(self, msg: wire.Leave, peer: _Peer) -> None:
+        """A replica closed: honoured when its token matches its hellos' commitment, or
+        when liveness does not count its incarnation alive (a leaving process says its
+        goodbye there too). Otherwise, as a forgery would be, it is counted and ignored."""
+        proven = (
+            msg.token is not None
+            and bool(peer.commitment)
+            and wire.leave_commitment(msg.token) == peer.commitment
+        )
+        if not proven and self._alive(msg.sender, msg.nonce) is True:
+            self.stats.leaves_unproven += 1
+            return
+        self._peer_gone(msg.sender, peer)
+
     def _on_hello(self, msg: wire.Hello, peer: _Peer, now: int) -> None:
+        self._committed(peer, msg.commitment, now)
         peer.synced = msg.synced
         if not msg.ask:
             return
@@ -960,6 +1056,7 @@ class Replica(Generic[T]):
             self._synced,
             len(self.state.entries),
             self._recent_transfers(now),
+            self._commitment,
         )
         self._send_to(msg.sender, wire.encode(ack))
 
@@ -972,6 +1069,7 @@ class Replica(Generic[T]):
         return len(self.sync.serving) + len(recent)
 
     def _on_hello_ack(self, msg: wire.HelloAck, peer: _Peer, now: int) -> None:
+        self._committed(peer, msg.commitment, now)
         peer.synced = msg.synced
         peer.transfers = msg.transfers
         if not self._hydrating:
@@ -1020,7 +1118,9 @@ class Replica(Generic[T]):
 
     def _choose_peer(self, now: int) -> str | None:
         """The peer to sync with: up, not refused lately, the one synced with least
-        recently first (so exchanges spread over every pair), proven peers before others."""
+        recently first (so exchanges spread over every pair), proven peers before others:
+        those an exchange completed with, then those liveness confirms, then the rest
+        (a sender that only claims to be synced is tried last)."""
         retry_after = self.options.sync_timeout_ms
         best: tuple[int, int, float] | None = None
         chosen = None
@@ -1029,7 +1129,8 @@ class Replica(Generic[T]):
                 continue
             if p.failed_at >= 0 and now - p.failed_at < retry_after:
                 continue
-            rank = (0 if p.last_ok >= 0 else 1, p.last_ok, self._rng.random())
+            proven = 0 if p.last_ok >= 0 else 1 if self._alive(node, p.nonce) is True else 2
+            rank = (proven, p.last_ok, self._rng.random())
             if best is None or rank < best:
                 best, chosen = rank, node
         if chosen is None and self._live_nodes is not None:
@@ -1041,11 +1142,29 @@ class Replica(Generic[T]):
         return chosen
 
     def _may_serve(self, peer: str) -> str:
+        """Whether to answer a new exchange ``peer`` asks for.
+
+        Only a synced replica answers, only a peer liveness confirms alive (a request
+        from a sender nobody heard on the liveness stream, a forged one naming a node
+        that does not exist, gets a one-line "busy"), and each peer has a budget of new
+        exchanges (`_SERVE_BURST`, then one per `_SERVE_EVERY_MS`).
+        """
         if not self._synced:
             return "refused"
         p = self._peers.get(peer)
         if p is None or not p.up:
             return "refused"
+        if self._liveness_of is not None and self._alive(peer, p.nonce) is not True:
+            self.stats.syncs_unserved += 1
+            return "busy"  # not confirmed yet: the requester retries later
+        now = self.state.now
+        if p.served_at >= 0:
+            p.tokens = min(float(_SERVE_BURST), p.tokens + (now - p.served_at) / _SERVE_EVERY_MS)
+        p.served_at = now
+        if p.tokens < 1:
+            self.stats.syncs_unserved += 1
+            return "busy"
+        p.tokens -= 1
         return "ok"
 
     def _on_finished(self, notice: SyncFinished) -> None:
@@ -1180,6 +1299,8 @@ class Replica(Generic[T]):
                 self._hydrate_from_best(now)
         if self._recontact_at is not None and now >= self._recontact_at:
             self._recontact(now)
+        if self._prune_at is not None and now >= self._prune_at:
+            self._forget_down_peers(now)
         if now >= self._next_compaction:
             self._next_compaction = now + self.options.compaction_interval_ms
             self.compact(now)
@@ -1216,7 +1337,7 @@ class Replica(Generic[T]):
         own = self.state.ephemeral.get((self.node_id, self.nonce), set())
         for key in sorted(own):
             self.local_delete(key, now)
-        self._broadcast(wire.encode(wire.Leave(self.node_id, self.nonce)))
+        self._broadcast(wire.encode(wire.Leave(self.node_id, self.nonce, self._leave_token)))
 
 
 _MISSING: Any = object()

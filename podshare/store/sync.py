@@ -226,13 +226,30 @@ class _Exchange:
 class _Serving:
     """An exchange this replica answers (the responder's side)."""
 
-    __slots__ = ("answer", "deadline", "full", "id", "keys", "peer", "peer_vector", "push", "want")
+    __slots__ = (
+        "answer",
+        "deadline",
+        "descend",
+        "full",
+        "id",
+        "keys",
+        "level",
+        "peer",
+        "peer_vector",
+        "push",
+        "want",
+    )
 
     def __init__(self, sync_id: int, peer: str, deadline: int) -> None:
         self.id = sync_id
         self.peer = peer
         self.full = False
         self.deadline = deadline
+        # The last level answered, and the buckets it told the requester to descend into:
+        # a round may only name their children, once (so one exchange summarises each
+        # key at most once, whatever a peer sends).
+        self.level = -1
+        self.descend: frozenset[int] = frozenset()
         self.keys = _Out()
         self.answer = _Out()
         self.want = _In()
@@ -289,6 +306,8 @@ class SyncEngine:
         self.finished: list[SyncFinished] = []
         #: Sync bytes sent (for stats).
         self.bytes_sent = 0
+        #: Rounds of served exchanges ignored (repeated, or naming buckets not asked for).
+        self.rounds_ignored = 0
 
     # --- small helpers -----------------------------------------------------------------
 
@@ -585,7 +604,18 @@ class SyncEngine:
             first = True
         else:
             first = False
+            if (
+                msg.level <= s.level
+                or s.full
+                or msg.buckets is None
+                or not s.descend.issuperset(msg.buckets)
+            ):
+                # A repeated round (a duplicate delivery) or one this exchange did not
+                # ask for: answered already, or never.
+                self.rounds_ignored += 1
+                return
             s.deadline = now + 2 * self.limits.timeout_ms
+        s.level = msg.level
         state = self.state
         state.refresh_digest()
         vector = self._vector() if first else None
@@ -613,6 +643,7 @@ class SyncEngine:
                 else:
                     descend.append(bucket)
         self._reply(peer, s.id, SYNC_OK, msg.level, descend, final, vector)
+        s.descend = frozenset(children(msg.level, descend))
         if final:
             s.keys.items.extend(tree.keys_in(msg.level, final))
         if not descend:

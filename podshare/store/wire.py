@@ -19,7 +19,7 @@ message                 topic      meaning
 `Writes`         broadcast  a batch of local writes
 `Hello`          broadcast  a replica joined (or rejoins) and asks synced peers to answer
 `HelloAck`       inbox      a peer's answer: synced?, keys, transfers it serves
-`Leave`          broadcast  a replica of this store closed (it serves no more syncs)
+`Leave`          broadcast  a replica of this store closed (proven with its hellos' token)
 `SyncRequest`    inbox      one round of a digest exchange (or a full-transfer request)
 `SyncReply`      inbox      the differing buckets, the responder's frontier vector
 `SyncKeys`       inbox      a part of the responder's key summaries of final buckets
@@ -53,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
@@ -95,6 +96,7 @@ __all__ = [
     "encode_raw",
     "entry_list",
     "entry_size",
+    "leave_commitment",
     "make_entry",
     "packed_size",
 ]
@@ -315,33 +317,48 @@ class Writes(_Message, tag=TAG_WRITES, frozen=True, gc=False):
 
 
 class Hello(_Message, tag=TAG_HELLO, frozen=True, gc=False):
-    """A replica announces itself; ``ask``: synced peers, answer with a `HelloAck`."""
+    """A replica announces itself; ``ask``: synced peers, answer with a `HelloAck`.
+
+    ``commitment``: the hash of the token this replica's `Leave` will reveal.
+    """
 
     sent_at: Time
     synced: bool
     ask: bool
     keys: U63
+    commitment: Token | None = None
 
 
 class HelloAck(_Message, tag=TAG_HELLO_ACK, frozen=True, gc=False):
-    """A peer's answer to a hello (to the asker's inbox)."""
+    """A peer's answer to a hello (to the asker's inbox); ``commitment`` as in `Hello`."""
 
     sent_at: Time
     synced: bool
     keys: U63
     transfers: U63
+    commitment: Token | None = None
 
 
 class Leave(_Message, tag=TAG_LEAVE, frozen=True, gc=False):
-    """A replica of this store closed: it serves no more syncs (liveness is separate)."""
+    """A replica of this store closed: it serves no more syncs (liveness is separate).
+
+    ``token`` hashes (`leave_commitment()`) to the commitment of its hellos.
+    """
+
+    token: Token | None = None
+
+
+def leave_commitment(token: bytes) -> bytes:
+    """The commitment a replica's hellos carry for the token its `Leave` reveals."""
+    return hashlib.blake2b(token, digest_size=16, person=b"podshare-leave").digest()
 
 
 class SyncRequest(_Message, tag=TAG_SYNC_REQUEST, frozen=True, gc=False):
     """One round of a digest exchange, to the responder's inbox.
 
     ``level`` 0 asks for everything (the requester holds nothing); levels 1-3 carry the
-    requester's hashes of ``buckets`` (``None``: every bucket of that level), in order,
-    ``HASH_SIZE`` bytes each.
+    requester's hashes of ``buckets`` (``None``: every bucket of that level; else in
+    increasing order, each once), in order, ``HASH_SIZE`` bytes each.
     """
 
     sync_id: U63
@@ -355,8 +372,12 @@ class SyncRequest(_Message, tag=TAG_SYNC_REQUEST, frozen=True, gc=False):
             raise ValueError("too many buckets")
         if len(self.hashes) != n * HASH_SIZE:
             raise ValueError(f"{len(self.hashes)} hash bytes for {n} buckets")
-        if self.buckets is not None and any(b >= 16**self.level for b in self.buckets):
-            raise ValueError("a bucket beyond its level")
+        if self.buckets is not None:
+            if any(b >= 16**self.level for b in self.buckets):
+                raise ValueError("a bucket beyond its level")
+            # In increasing order, each once: a round never names a bucket twice.
+            if any(a >= b for a, b in zip(self.buckets, self.buckets[1:], strict=False)):
+                raise ValueError("buckets not in increasing order")
 
 
 #: SyncReply status: answered.
@@ -542,10 +563,17 @@ def encode(msg: Message) -> bytes:
 
     Example:
         >>> decode(encode(Leave("pod-a", 9)), max_size=64)
-        Leave(sender='pod-a', nonce=9)
+        Leave(sender='pod-a', nonce=9, token=None)
     """
     if isinstance(msg, Writes | SyncData):
         return encode_raw(msg, [entry_list(e) for e in msg.entries])
+    if isinstance(msg, Hello | HelloAck | Leave):
+        # Trailing fields a revision appended are left out when unset, as older
+        # revisions wrote them.
+        fields: list[Any] = [_TAG[type(msg)], *msgspec.structs.astuple(msg)]
+        while fields[-1] is None:
+            fields.pop()
+        return _encoder.encode(fields)
     return _encoder.encode(msg)
 
 

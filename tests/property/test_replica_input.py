@@ -59,7 +59,7 @@ messages = st.one_of(
     st.builds(lambda s, n, i: wire.SyncRequest(s, n, i, 0, None, b""), NODES, NONCES, ids),
     st.builds(lambda s, n, i: wire.SyncRequest(s, n, i, 1, None, bytes(128)), NODES, NONCES, ids),
     st.builds(
-        lambda s, n, i, b: wire.SyncRequest(s, n, i, 2, b, bytes(8 * len(b))),
+        lambda s, n, i, b: wire.SyncRequest(s, n, i, 2, sorted(b), bytes(8 * len(b))),
         NODES,
         NONCES,
         ids,
