@@ -29,8 +29,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import pycrdt
-from websockets.asyncio.client import connect
+
+try:
+    import pycrdt
+    from websockets.asyncio.client import connect
+except ImportError as exc:
+    raise SystemExit(f"{exc}: this example needs: pip install 'podshare[yjs-server]'") from exc
 
 from podshare.transport import TcpTransport, Transport
 from podshare.yjs.server import WebsocketsChannel, YjsWebsocketServer, serve_websockets

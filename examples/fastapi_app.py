@@ -50,11 +50,15 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Annotated, Any  # noqa: E402
 
 import anyio  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-from starlette.requests import HTTPConnection  # noqa: E402
+
+try:
+    import uvicorn
+    from fastapi import Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel
+    from starlette.requests import HTTPConnection
+except ImportError as exc:
+    raise SystemExit(f"{exc}: this example needs: pip install 'podshare[examples]'") from exc
 
 from podshare import Store  # noqa: E402
 from podshare.callreply import Endpoint, decode_payload, encode_payload  # noqa: E402

@@ -42,8 +42,11 @@ import urllib.request  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from flask import Flask, abort, jsonify, request  # noqa: E402
-from werkzeug.serving import BaseWSGIServer, make_server  # noqa: E402
+try:
+    from flask import Flask, abort, jsonify, request
+    from werkzeug.serving import BaseWSGIServer, make_server
+except ImportError as exc:
+    raise SystemExit(f"{exc}: this example needs: pip install 'podshare[examples]'") from exc
 
 from podshare.exceptions import InvalidValue  # noqa: E402
 from podshare.sync import SyncStore, TransportFactory, open_store  # noqa: E402

@@ -9,14 +9,19 @@ client disconnects, pod A unregisters and pushes fail with ``NoRoute`` everywher
 
 The pods talk over a ``MemoryNetwork`` here; in production give each pod a
 ``RedisTransport`` or ``TcpTransport``. ``websockets`` is asyncio-only, so this example
-runs on asyncio. Run it with ``python examples/ws_routing.py``.
+runs on asyncio. Run it with ``python examples/ws_routing.py``; it needs
+``pip install "podshare[examples]"`` (websockets).
 """
 
 from urllib.parse import parse_qs, urlparse
 
 import anyio
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
+
+try:
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+except ImportError as exc:
+    raise SystemExit(f"{exc}: this example needs: pip install 'podshare[examples]'") from exc
 
 from podshare.callreply import Endpoint
 from podshare.exceptions import NoRoute

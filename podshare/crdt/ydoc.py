@@ -66,7 +66,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
-import pycrdt
+try:
+    import pycrdt
+except ModuleNotFoundError as exc:
+    if exc.name != "pycrdt":
+        raise
+    raise ImportError("podshare.crdt.YDoc needs pycrdt: pip install 'podshare[yjs]'") from exc
 from pycrdt import get_state as _get_state
 from pycrdt import get_update as _get_update
 from pycrdt import merge_updates as _merge_updates

@@ -170,6 +170,18 @@ def _convergence_test(
     return convergence
 
 
+def _require_hypothesis() -> None:
+    """Raise an ImportError that says how to install Hypothesis, if it is missing."""
+    try:
+        import hypothesis  # noqa: F401 - only whether it imports
+    except ModuleNotFoundError as exc:
+        if exc.name != "hypothesis":
+            raise
+        raise ImportError(
+            "podshare.testing's merger checks need Hypothesis: pip install 'podshare[testing]'"
+        ) from exc
+
+
 def _check_law(
     law: str,
     merger_or_type: Any,
@@ -177,6 +189,7 @@ def _check_law(
     replicas: int,
     max_examples: int | None,
 ) -> None:
+    _require_hypothesis()
     if type(replicas) is not int or replicas < 1:
         raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
     _law_test(law, as_merger(merger_or_type), values, replicas, max_examples)()
@@ -211,6 +224,7 @@ def check_merger(
         AssertionError: a law fails; the message names the law and shows the minimal
             values Hypothesis found.
         TypeError: ``merger_or_type`` is not a merger.
+        ImportError: Hypothesis is not installed (``pip install 'podshare[testing]'``).
 
     Example:
         >>> from hypothesis import strategies as st

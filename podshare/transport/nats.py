@@ -275,7 +275,10 @@ def _cause(exc: BaseException | None) -> str:
         if seen is None:
             break
         if isinstance(seen, OSError) and seen.errno:
-            return f"{os.strerror(seen.errno)} (errno {seen.errno})"
+            # A failed name lookup (socket.gaierror) has a negative errno, which
+            # os.strerror() only calls "Unknown error": its own text says what failed.
+            text = os.strerror(seen.errno) if seen.errno > 0 else seen.strerror
+            return f"{text or os.strerror(seen.errno)} (errno {seen.errno})"
         seen = seen.__cause__ or seen.__context__
     text = str(exc)
     if isinstance(exc, TimeoutError) and not text:
@@ -1447,13 +1450,16 @@ class NatsTransport(Service):
         self._wake.set()
 
     async def _nats_closed(self) -> None:
-        if self._closing:
+        if self._closing or self._nc is None:
+            # _nc is None: the first connect failed, and _open raises that error itself
+            # (naming the servers and the cause); there was nothing to reconnect.
             return
         self._gave_up = True
         self._set_connected(False)
+        attempts = self._connect_options["max_reconnect_attempts"]
+        tries = f" after {attempts} attempts per server" if attempts != _FOREVER else ""
         text = (
-            f"gave up reconnecting to NATS at {_server_list(self._servers)} after "
-            f"{self._connect_options['max_reconnect_attempts']} attempts per server: "
+            f"gave up reconnecting to NATS at {_server_list(self._servers)}{tries}: "
             f"{_cause(self._last_error)}"
         )
         _log.error("%s", text)

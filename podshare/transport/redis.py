@@ -273,7 +273,10 @@ def _cause(exc: BaseException, timeout: float | None = None) -> str:
         if seen is None:
             break
         if isinstance(seen, OSError) and seen.errno:
-            return f"{os.strerror(seen.errno)} (errno {seen.errno})"
+            # A failed name lookup (socket.gaierror) has a negative errno, which
+            # os.strerror() only calls "Unknown error": its own text says what failed.
+            text = os.strerror(seen.errno) if seen.errno > 0 else seen.strerror
+            return f"{text or os.strerror(seen.errno)} (errno {seen.errno})"
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, TimeoutError) and not str(exc):
         return f"no answer within {timeout} s" if timeout is not None else "timed out"

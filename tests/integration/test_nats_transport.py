@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -65,10 +66,28 @@ async def _receive(messages: AsyncIterator[bytes], count: int) -> list[bytes]:
 
 
 @pytest.mark.anyio
-async def test_unreachable_server_names_the_server_and_the_cause() -> None:
+async def test_unreachable_server_names_the_server_and_the_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = free_port()  # nothing listens there
-    with pytest.raises(TransportError, match=rf"127\.0\.0\.1:{port}.*refused"):
-        async with NatsTransport(f"nats://127.0.0.1:{port}", timeout=0.5):
+    errors: list[BaseException] = []
+    with (
+        caplog.at_level(logging.ERROR, logger="podshare.transport.nats"),
+        pytest.raises(TransportError, match=rf"127\.0\.0\.1:{port}.*refused"),
+    ):
+        async with NatsTransport(f"nats://127.0.0.1:{port}", timeout=0.5, on_error=errors.append):
+            pass
+    # The first connect failing is that one error, not also a "gave up reconnecting".
+    assert not [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert not [e for e in errors if "gave up" in str(e)]
+
+
+@pytest.mark.anyio
+async def test_an_unknown_host_is_named_with_the_lookup_failure() -> None:
+    with pytest.raises(
+        TransportError, match=r"no-such-host\.invalid:4222 within [0-9.]+ s: (?!Unknown error)"
+    ):
+        async with NatsTransport("nats://no-such-host.invalid:4222", timeout=2):
             pass
 
 

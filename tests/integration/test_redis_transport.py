@@ -253,8 +253,20 @@ async def test_acl_user_from_arguments_and_url(redis_server: RedisServer) -> Non
 @pytest.mark.anyio
 async def test_unreachable_redis_fails_on_enter() -> None:
     # Port 1 on loopback: nothing listens there, the connection is refused at once.
-    with pytest.raises(TransportError, match="cannot connect"):
+    with pytest.raises(
+        TransportError, match=r"cannot connect to Redis at 127\.0\.0\.1:1: Connection refused"
+    ):
         async with RedisTransport("redis://127.0.0.1:1/0", timeout=2):
+            pass
+
+
+@pytest.mark.anyio
+async def test_an_unknown_host_is_named_with_the_lookup_failure() -> None:
+    # A failed name lookup has a negative errno: its own text, not "Unknown error".
+    with pytest.raises(
+        TransportError, match=r"cannot connect to Redis at no-such-host\.invalid:6379: (?!Unknown)"
+    ):
+        async with RedisTransport("redis://no-such-host.invalid:6379/0", timeout=2):
             pass
 
 
