@@ -67,10 +67,12 @@ from podshare.persistence.base import (
 )
 from podshare.store import wire
 from podshare.store.codec import ValueCodec
-from podshare.store.events import Event, EventKind, Stats
+from podshare.store.events import Event, Stats
 from podshare.store.horizon import SEED_TIME, Horizon
+from podshare.store.hydration import Hydration
 from podshare.store.membership import MemberEvent
 from podshare.store.packing import ENVELOPE_SLACK, split
+from podshare.store.peers import MAX_PEERS, Peer, PeerTable
 from podshare.store.state import MapState
 from podshare.store.sync import SyncEngine, SyncFinished, SyncLimits
 from podshare.store.wire import EPHEMERAL, EXPIRING, MERGED, TOMBSTONE, WireEntry, make_entry
@@ -80,25 +82,8 @@ __all__ = ["SEED_TIME", "Outgoing", "Replica", "ReplicaOptions"]
 
 T = TypeVar("T")
 
-# Synced peers answer a hello with this many answers on average, fleet-wide.
-_HELLO_ANSWERS: Final = 4
-# The longest pause between two hellos of a replica that is still not synced.
-_HELLO_BACKOFF_MAX: Final = 5_000
 # A skewed sender is reported at most this often (ms).
 _SKEW_REPORT_EVERY: Final = 60_000
-# Most store peers remembered (a bound no peer can push past).
-_MAX_PEERS: Final = 4096
-_COLLECT_MS: Final = 50  # a joiner waits at most this long for more hello answers
-_TRANSFER_MEMORY_MS: Final = 60_000  # full transfers served this recently count as load
-_MAX_RETURNED: Final = 64  # peers remembered as "came back" between two recontact syncs
-# A peer down this long that never wrote (the horizon does not track it) is forgotten.
-_PEER_MEMORY_MS: Final = 60_000
-# A peer's leave commitment is taken only this soon after it is first heard from: its
-# hellos come first, a forger's claim for a peer known for a while is not believed.
-_COMMIT_WINDOW_MS: Final = 10_000
-# New exchanges one peer may ask this replica to serve: a burst, then one per interval.
-_SERVE_BURST: Final = 8
-_SERVE_EVERY_MS: Final = 250
 # Orders wire entries by stamp: (time, counter, origin).
 _STAMP_ORDER: Final = attrgetter("time", "counter", "origin")
 
@@ -173,40 +158,6 @@ class ReplicaOptions:
             raise ConfigurationError("tombstone_hard_cap_ms must be at least tombstone_ttl_ms")
 
 
-class _Peer:
-    """Another replica of this store."""
-
-    __slots__ = (
-        "commitment",
-        "down_at",
-        "failed_at",
-        "heard_at",
-        "last_ok",
-        "nonce",
-        "served_at",
-        "synced",
-        "tokens",
-        "transfers",
-        "up",
-    )
-
-    def __init__(self, nonce: int, now: int) -> None:
-        self.nonce = nonce
-        self.heard_at = now  # when this incarnation was first heard (or back up)
-        # Its budget of new exchanges to serve (refilled with time; see _may_serve).
-        self.tokens = float(_SERVE_BURST)
-        self.served_at = -1
-        # The hash of the token its Leave will reveal (from its hellos): None unknown,
-        # b"" contested (two were claimed, one forged).
-        self.commitment: bytes | None = None
-        self.up = True
-        self.synced: bool | None = None  # None: unknown
-        self.transfers = 0
-        self.last_ok = -1
-        self.failed_at = -1
-        self.down_at = -1  # when it was last seen going down
-
-
 class Replica(Generic[T]):
     """One node's copy of a replicated map: pure, synchronous, time passed in.
 
@@ -258,7 +209,6 @@ class Replica(Generic[T]):
         self._rng = rng if rng is not None else random.Random()
         self._liveness_of = liveness
         self._down_since = down_since if down_since is not None else _never_down
-        self._live_nodes = live_nodes
         #: The statistics record; the driver adds the fields it owns (see Store.stats).
         self.stats = Stats()
         self._events: list[Event[T]] = []
@@ -302,27 +252,40 @@ class Replica(Generic[T]):
         )
         self._pending: dict[str, tuple[WireEntry, Any]] = {}
         self._spill: list[WireEntry] = []
-        self._peers: dict[str, _Peer] = {}
-        self._synced = False
-        self._hydrating = False
-        self._hello_at: int | None = None
-        self._hello_backoff = options.hello_window_ms
-        self._candidates: set[str] = set()
-        self._unsynced_answers: set[str] = set()
-        self._evidence_ready = False
-        self._evidence_others: int | None = None
-        self._recontact_at: int | None = None
-        self._collect_at: int | None = None
-        self._returned: set[str] = set()
-        self._recontacting: str | None = None
         self._next_compaction = now + options.compaction_interval_ms
         self._skew_reported: dict[str, int] = {}
         self._left = False
-        # When down peers are next looked at for forgetting (None: none is down).
-        self._prune_at: int | None = None
         # The token this replica's Leave reveals, committed to in its hellos.
         self._leave_token = secrets.token_bytes(16)
         self._commitment = wire.leave_commitment(self._leave_token)
+        #: The peer table (`podshare.store.peers`).
+        self.peers = PeerTable(
+            node_id,
+            alive=self._alive,
+            has_liveness=liveness is not None,
+            live_nodes=live_nodes,
+            rng=self._rng,
+            stats=self.stats,
+            events=self._events,
+            hello_window_ms=options.hello_window_ms,
+            sync_timeout_ms=options.sync_timeout_ms,
+        )
+        #: Joining: hellos, answers, evidence (`podshare.store.hydration`).
+        self.hydration = Hydration(
+            node_id,
+            nonce,
+            self._commitment,
+            peers=self.peers,
+            sync=self.sync,
+            state=self.state,
+            stats=self.stats,
+            send_to=self._send_to,
+            broadcast=self._broadcast,
+            live_nodes=live_nodes,
+            rng=self._rng,
+            hello_window_ms=options.hello_window_ms,
+            started_at=now,
+        )
 
     # --- small helpers -----------------------------------------------------------------
 
@@ -409,11 +372,11 @@ class Replica(Generic[T]):
     @property
     def synced(self) -> bool:
         """Hydrated from a synced peer, or the evidence says no synced peer exists."""
-        return self._synced
+        return self.hydration.synced
 
     def members(self) -> frozenset[str]:
         """The node ids of the live replicas of this store, this one included."""
-        return frozenset([self.node_id, *(n for n, p in self._peers.items() if p.up)])
+        return frozenset([self.node_id, *self.peers.live()])
 
     def entry_stamp(self, key: str) -> Stamp | None:
         """The stamp of ``key``'s entry (tombstones included), or ``None`` if unknown."""
@@ -463,16 +426,18 @@ class Replica(Generic[T]):
     def next_deadline(self) -> int:
         """The wall-clock ms at which `tick()` is next due (cheap: a few fields)."""
         due = self._next_compaction
-        hello = self._hello_at
+        hydration = self.hydration
+        hello = hydration.hello_at
         if hello is not None and hello < due:
             due = hello
-        recontact = self._recontact_at
+        peers = self.peers
+        recontact = peers.recontact_at
         if recontact is not None and recontact < due:
             due = recontact
-        collect = self._collect_at
+        collect = hydration.collect_at
         if collect is not None and collect < due:
             due = collect
-        prune = self._prune_at
+        prune = peers.prune_at
         if prune is not None and prune < due:
             due = prune
         expiry = self.state.next_expiry()
@@ -689,9 +654,9 @@ class Replica(Generic[T]):
             # Another live process with this node id (the echo filter saw another nonce):
             # its writes carry this node's origin, so none may be taken as "mine".
             self.horizon.disown()
-        peer = self._peers.get(sender)
+        peer = self.peers.by_node.get(sender)
         if peer is None or not peer.up or peer.nonce != msg.nonce:
-            peer = self._heard(sender, msg.nonce, now)
+            peer = self.peers.heard(sender, msg.nonce, now, synced=self.hydration.synced)
             if peer is None:
                 return
         if type(msg) is _Writes:
@@ -718,9 +683,9 @@ class Replica(Generic[T]):
         elif isinstance(msg, wire.SyncWant):
             self.sync.on_want(msg, now)
         elif isinstance(msg, wire.Hello):
-            self._on_hello(msg, peer, now)
+            self.hydration.on_hello(msg, peer, now)
         elif isinstance(msg, wire.HelloAck):
-            self._on_hello_ack(msg, peer, now)
+            self.hydration.on_hello_ack(msg, peer, now)
         elif isinstance(msg, wire.Leave):
             self._on_leave(msg, peer)
         else:
@@ -782,7 +747,7 @@ class Replica(Generic[T]):
         last = self._skew_reported.get(node)
         if last is not None and now - last < _SKEW_REPORT_EVERY:
             return
-        if len(self._skew_reported) >= _MAX_PEERS:
+        if len(self._skew_reported) >= MAX_PEERS:
             self._skew_reported.clear()
         self._skew_reported[node] = now
         what = f"; {refused} entries refused until time catches up" if refused else ""
@@ -799,159 +764,46 @@ class Replica(Generic[T]):
             self.local_delete(key, now)
             self.stats.writes_local -= 1
 
-    # --- peers -----------------------------------------------------------------------
+    # --- peers ---------------------------------------------------------------------
 
-    def _heard(self, sender: str, nonce: int, now: int) -> _Peer | None:
-        """A message from ``sender``'s incarnation ``nonce``: know it as a peer."""
-        peer = self._peers.get(sender)
-        if peer is not None and peer.nonce != nonce:
-            if self._alive(sender, peer.nonce) is True and self._alive(sender, nonce) is True:
-                return peer  # two live processes share the id: keep the first
-            peer.nonce = nonce
-            peer.synced = None
-            peer.commitment = None
-            peer.heard_at = now
-        if peer is None:
-            if len(self._peers) >= _MAX_PEERS and not self._prune_peers():
-                return None
-            if self._alive(sender, nonce) is False:
-                return None  # a late message of a life already over
-            peer = self._peers[sender] = _Peer(nonce, now)
-            self.stats.peers_seen += 1
-            self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
-            return peer
-        if not peer.up:
-            if self._alive(sender, nonce) is False:
-                return None
-            peer.up = True
-            peer.heard_at = now
-            self._events.append(Event(EventKind.NODE_UP, sender, None, sender, None))
-            self._schedule_recontact(sender, now)
-        return peer
-
-    def _prune_peers(self) -> bool:
-        down = [n for n, p in self._peers.items() if not p.up]
-        for node in down:
-            del self._peers[node]
-        return bool(down)
-
-    def _forget_down_peers(self, now: int) -> None:
-        """Forget peers down for a while that never wrote: the table holds the live and
-        the writers whose departure compaction weighs, not every sender ever seen."""
-        self._prune_at = None
-        seen = self.horizon.seen
-        first: int | None = None
-        for node in [n for n, p in self._peers.items() if not p.up]:
-            p = self._peers[node]
-            if node in seen:
-                continue  # compaction weighs how long it is down
-            if now - p.down_at >= _PEER_MEMORY_MS:
-                del self._peers[node]
-                self._returned.discard(node)
-            elif first is None or p.down_at < first:
-                first = p.down_at
-        if first is not None:
-            self._prune_at = first + _PEER_MEMORY_MS
-
-    def _peer_gone(self, node: str, peer: _Peer) -> None:
-        if peer.up:
-            peer.up = False
-            peer.down_at = self.state.now
-            peer.commitment = None  # a replica reopened in the same process commits anew
-            if self._prune_at is None:
-                self._prune_at = self.state.now + _PEER_MEMORY_MS
-            peer.synced = None
-            self._events.append(Event(EventKind.NODE_DOWN, node, None, node, None))
+    def _peer_gone(self, node: str, peer: Peer) -> None:
+        self.peers.gone(node, peer, self.state.now)
         self.sync.abandon(node, "gone")
-        self._candidates.discard(node)
+        self.hydration.candidates.discard(node)
+
+    def _on_leave(self, msg: wire.Leave, peer: Peer) -> None:
+        """A replica closed: its peer goes down, if the `Leave` is believed."""
+        if self.peers.leave_believed(msg, peer):
+            self._peer_gone(msg.sender, peer)
 
     def node_event(self, event: MemberEvent, now: int) -> None:
         """Liveness changed (from the process's membership)."""
         self.state.now = now
         if event.kind == "down":
             self.state.owner_down(event.node, event.nonce)
-            peer = self._peers.get(event.node)
+            peer = self.peers.get(event.node)
             if peer is not None and peer.nonce == event.nonce:
                 self._peer_gone(event.node, peer)
         elif event.kind == "up":
-            peer = self._peers.get(event.node)
-            if peer is not None and not peer.up and peer.nonce == event.nonce:
-                peer.up = True
-                self._events.append(Event(EventKind.NODE_UP, event.node, None, event.node, None))
-                self._schedule_recontact(event.node, now)
-            elif peer is None and event.returned:
-                # A process back from the other side of a partition, never heard on this
-                # store's topic (nothing was written there before): it may hold the store.
-                self._schedule_recontact(event.node, now)
+            self.peers.node_up(
+                event.node, event.nonce, now, returned=event.returned, synced=self.synced
+            )
         elif event.kind == "duplicate":
             self.stats.duplicate_node_ids += 1
             self.horizon.disown()
 
-    def _schedule_recontact(self, peer: str, now: int) -> None:
-        """A peer came back (a partition healed): one sync soon, however many came back,
-        with one of those that came back (the peers on this side hold nothing new)."""
-        if not self._synced:
-            return
-        if len(self._returned) < _MAX_RETURNED:
-            self._returned.add(peer)
-        if self._recontact_at is None:
-            # Jittered, so that a peer every replica sees come back at once is not asked
-            # by all of them in the same instant.
-            window = self.options.hello_window_ms
-            self._recontact_at = now + window + self._rng.randrange(2 * window)
+    def _may_serve(self, peer: str) -> str:
+        return self.peers.may_serve(peer, self.state.now, synced=self.hydration.synced)
 
-    def _recontact(self, now: int) -> None:
-        """Sync with one peer that came back; until one such exchange succeeds, try again
-        every hello window (the others may not count this replica as up yet, and refuse)."""
-        self._recontact_at = None
-        if self.sync.requesting():
-            self._recontact_at = now + self.options.hello_window_ms
-            return
-        retry_after = self.options.sync_timeout_ms
-        returned = []
-        unknown = []
-        live = set(self._live_nodes()) if self._live_nodes is not None else set()
-        for node in sorted(self._returned):
-            p = self._peers.get(node)
-            if p is None:
-                if node in live:
-                    unknown.append(node)  # not known to hold the store: asked last
-                else:
-                    self._returned.discard(node)
-            elif not p.up:
-                self._returned.discard(node)
-            elif p.failed_at < 0 or now - p.failed_at >= retry_after:
-                returned.append(node)
-        if not self._returned:
-            return
-        if not returned and not unknown:
-            self._recontact_at = now + self.options.hello_window_ms
-            return
-        self._recontacting = self.request_sync(now, peer=self._rng.choice(returned or unknown))
+    def _request(self, peer: str) -> str | None:
+        return self.request_sync(self.state.now, peer=peer)
 
     # --- hydration and syncs ---------------------------------------------------------
 
     def hydrate(self, now: int) -> None:
         """Start joining: ask the store's synced peers (a broadcast hello) for their state."""
         self.state.now = now
-        if self._synced or self._hydrating:
-            return
-        self._hydrating = True
-        self._hello_backoff = self.options.hello_window_ms
-        self._send_hello(now)
-
-    def _send_hello(self, now: int) -> None:
-        msg = wire.Hello(
-            self.node_id,
-            self.nonce,
-            now,
-            self._synced,
-            True,
-            len(self.state.entries),
-            self._commitment,
-        )
-        self._broadcast(wire.encode(msg))
-        self._hello_at = now + self._hello_backoff
+        self.hydration.start(now)
 
     def cluster_evidence(self, now: int, *, ready: bool, others: int | None) -> None:
         """What the transport knows: connected to its cluster? other subscribers?
@@ -960,20 +812,7 @@ class Replica(Generic[T]):
         (``None``: the transport cannot tell).
         """
         self.state.now = now
-        self._evidence_ready = ready
-        self._evidence_others = others
-        if self._hydrating and not self._candidates and not self.sync.requesting():
-            self._weigh_evidence(now, final=False)
-
-    def _weigh_evidence(self, now: int, *, final: bool) -> None:
-        """No synced peer answered: decide whether the cluster has none."""
-        if not self._evidence_ready:
-            return
-        others = self._evidence_others
-        if others == 0 or (others is not None and len(self._unsynced_answers) >= others):
-            self._become_synced(now)
-        elif others is None and final:
-            self._become_synced(now)  # no evidence either way: the hello window decides
+        self.hydration.cluster_evidence(now, ready=ready, others=others)
 
     def break_the_tie(self, now: int) -> bool:
         """No synced replica answered for long: start the cluster's history if this
@@ -985,129 +824,7 @@ class Replica(Generic[T]):
         fleet unsynced forever.
         """
         self.state.now = now
-        if self._synced or not self._hydrating or self.sync.requesting():
-            return False
-        if any(p.up and p.synced for p in self._peers.values()):
-            return False
-        rivals = [n for n, p in self._peers.items() if p.up]
-        if any(n < self.node_id for n in rivals):
-            return False
-        self._become_synced(now)
-        return True
-
-    def _become_synced(self, now: int) -> None:
-        self._synced = True
-        self._hydrating = False
-        self._hello_at = None
-        self.stats.hydration_seconds = (now - self.started_at) / 1000
-        # Peers choose sync partners among synced replicas: say so now.
-        msg = wire.Hello(
-            self.node_id, self.nonce, now, True, False, len(self.state.entries), self._commitment
-        )
-        self._broadcast(wire.encode(msg))
-
-    @staticmethod
-    def _committed(peer: _Peer, commitment: bytes | None, now: int) -> None:
-        """Pin the first leave commitment a peer claims soon after it was first heard (a
-        different one later is someone else's: then no Leave of it can be proven)."""
-        if commitment is None or peer.commitment == commitment:
-            return
-        if peer.commitment is None and now - peer.heard_at <= _COMMIT_WINDOW_MS:
-            peer.commitment = commitment
-        else:
-            peer.commitment = b""
-
-    def _on_leave(self, msg: wire.Leave, peer: _Peer) -> None:
-        """A replica closed: honoured when its token matches its hellos' commitment, or
-        when liveness does not count its incarnation alive (a leaving process says its
-        goodbye there too). Otherwise, as a forgery would be, it is counted and ignored."""
-        proven = (
-            msg.token is not None
-            and bool(peer.commitment)
-            and wire.leave_commitment(msg.token) == peer.commitment
-        )
-        if not proven and self._alive(msg.sender, msg.nonce) is True:
-            self.stats.leaves_unproven += 1
-            return
-        self._peer_gone(msg.sender, peer)
-
-    def _on_hello(self, msg: wire.Hello, peer: _Peer, now: int) -> None:
-        self._committed(peer, msg.commitment, now)
-        peer.synced = msg.synced
-        if not msg.ask:
-            return
-        if self._synced:
-            # About _HELLO_ANSWERS synced replicas answer, fewer of those serving: the
-            # fleet's size is the larger of the store's peers and the live processes (a
-            # replica that was written to by few peers knows few of them). In a fleet
-            # large enough that others will answer, a replica that served a full
-            # transfer lately answers half as often (joins spread over the fleet; at
-            # least about half of _HELLO_ANSWERS still answer when all did).
-            live = sum(1 for p in self._peers.values() if p.up)
-            if self._live_nodes is not None:
-                live = max(live, len(set(self._live_nodes())) - 1)
-            serving = len(self.sync.serving)
-            load = 1 + serving
-            if live > 2 * _HELLO_ANSWERS and self._recent_transfers(now) > serving:
-                load += 1
-            if self._rng.random() * max(1, live) * load >= _HELLO_ANSWERS:
-                return  # enough others answer, on average
-        elif any(p.up and p.synced for p in self._peers.values()):
-            return  # a synced peer will answer; an unsynced answer is no evidence then
-        ack = wire.HelloAck(
-            self.node_id,
-            self.nonce,
-            now,
-            self._synced,
-            len(self.state.entries),
-            self._recent_transfers(now),
-            self._commitment,
-        )
-        self._send_to(msg.sender, wire.encode(ack))
-
-    def _recent_transfers(self, now: int) -> int:
-        """Exchanges served now plus full transfers served lately: a joiner asks the
-        least loaded of the replicas that answered its hello."""
-        recent = self.sync.full_served
-        while recent and now - recent[0] > _TRANSFER_MEMORY_MS:
-            recent.popleft()
-        return len(self.sync.serving) + len(recent)
-
-    def _on_hello_ack(self, msg: wire.HelloAck, peer: _Peer, now: int) -> None:
-        self._committed(peer, msg.commitment, now)
-        peer.synced = msg.synced
-        peer.transfers = msg.transfers
-        if not self._hydrating:
-            return
-        if msg.synced:
-            self._candidates.add(msg.sender)
-            if self.sync.requesting():
-                pass
-            elif len(self._candidates) >= self._answers_expected():
-                self._hydrate_from_best(now)
-            elif self._collect_at is None:
-                # Wait a moment for the other answers, to ask the least loaded.
-                self._collect_at = now + min(_COLLECT_MS, self.options.hello_window_ms // 4)
-        else:
-            self._unsynced_answers.add(msg.sender)
-            self._weigh_evidence(now, final=False)
-
-    def _answers_expected(self) -> int:
-        """How many synced answers a joiner waits for (at most `_COLLECT_MS`): about
-        `_HELLO_ANSWERS` answer, fewer when the transport counts fewer others."""
-        others = self._evidence_others
-        if others is None:
-            return _HELLO_ANSWERS
-        return max(1, min(_HELLO_ANSWERS, others))
-
-    def _hydrate_from_best(self, now: int) -> None:
-        self._collect_at = None
-        candidates = [n for n in self._candidates if self._peers.get(n) is not None]
-        if not candidates:
-            return
-        best = min(candidates, key=lambda n: (self._peers[n].transfers, self._rng.random()))
-        self._candidates.discard(best)
-        self.sync.start(best, now, full=not self.state.entries)
+        return self.hydration.break_the_tie(now)
 
     def request_sync(self, now: int, *, peer: str | None = None) -> str | None:
         """Start one exchange (anti-entropy, a gap's repair, refresh()): returns the peer
@@ -1115,91 +832,20 @@ class Replica(Generic[T]):
         self.state.now = now
         if self.sync.requesting():
             return None
-        chosen = peer if peer is not None else self._choose_peer(now)
+        chosen = peer if peer is not None else self.peers.choose(now)
         if chosen is None:
             return None
         self.sync.start(chosen, now, full=not self.state.entries)
         return chosen
 
-    def _choose_peer(self, now: int) -> str | None:
-        """The peer to sync with: up, not refused lately, the one synced with least
-        recently first (so exchanges spread over every pair), proven peers before others:
-        those an exchange completed with, then those liveness confirms, then the rest
-        (a sender that only claims to be synced is tried last)."""
-        retry_after = self.options.sync_timeout_ms
-        best: tuple[int, int, float] | None = None
-        chosen = None
-        for node, p in self._peers.items():
-            if not p.up or p.synced is False:
-                continue
-            if p.failed_at >= 0 and now - p.failed_at < retry_after:
-                continue
-            proven = 0 if p.last_ok >= 0 else 1 if self._alive(node, p.nonce) is True else 2
-            rank = (proven, p.last_ok, self._rng.random())
-            if best is None or rank < best:
-                best, chosen = rank, node
-        if chosen is None and self._live_nodes is not None:
-            # No replica of this store known: ask a live node of the process's liveness
-            # stream (it may hold the store; if not, the exchange times out).
-            others = sorted(set(self._live_nodes()) - {self.node_id} - set(self._peers))
-            if others:
-                chosen = self._rng.choice(others)
-        return chosen
-
-    def _may_serve(self, peer: str) -> str:
-        """Whether to answer a new exchange ``peer`` asks for.
-
-        Only a synced replica answers, only a peer liveness confirms alive (a request
-        from a sender nobody heard on the liveness stream, a forged one naming a node
-        that does not exist, gets a one-line "busy"), and each peer has a budget of new
-        exchanges (`_SERVE_BURST`, then one per `_SERVE_EVERY_MS`).
-        """
-        if not self._synced:
-            return "refused"
-        p = self._peers.get(peer)
-        if p is None or not p.up:
-            return "refused"
-        if self._liveness_of is not None and self._alive(peer, p.nonce) is not True:
-            self.stats.syncs_unserved += 1
-            return "busy"  # not confirmed yet: the requester retries later
-        now = self.state.now
-        if p.served_at >= 0:
-            p.tokens = min(float(_SERVE_BURST), p.tokens + (now - p.served_at) / _SERVE_EVERY_MS)
-        p.served_at = now
-        if p.tokens < 1:
-            self.stats.syncs_unserved += 1
-            return "busy"
-        p.tokens -= 1
-        return "ok"
-
     def _on_finished(self, notice: SyncFinished) -> None:
-        peer = self._peers.get(notice.peer)
         now = self.state.now
-        if notice.peer == self._recontacting:
-            self._recontacting = None
-            if notice.ok:
-                self._returned.clear()
-            else:
-                if peer is None:
-                    self._returned.discard(notice.peer)  # it does not hold this store
-                if self._returned:
-                    self._recontact_at = now + self.options.hello_window_ms
+        peer = self.peers.sync_finished(notice, now)
         if notice.ok:
             self.stats.refreshes += 1
-            if peer is not None:
-                peer.last_ok = now
-                peer.synced = True
-                peer.failed_at = -1
-            if self._hydrating and (peer is None or peer.synced):
-                self._become_synced(now)
-            return
-        self.stats.syncs_failed += 1
-        if peer is not None:
-            peer.failed_at = now
-            if notice.reason == "refused":
-                peer.synced = False
-        if self._hydrating:
-            self._hydrate_from_best(now)
+        else:
+            self.stats.syncs_failed += 1
+        self.hydration.exchange_ended(notice.ok, peer, now)
 
     # --- persistence -------------------------------------------------------------------
 
@@ -1291,21 +937,12 @@ class Replica(Generic[T]):
         self.state.now = now
         self.state.expire(now)
         self.sync.tick(now)
-        if self._hello_at is not None and now >= self._hello_at:
-            self._hello_at = None
-            if self._hydrating and not self.sync.requesting():
-                self._weigh_evidence(now, final=True)
-                if self._hydrating:
-                    self._hello_backoff = min(2 * self._hello_backoff, _HELLO_BACKOFF_MAX)
-                    self._send_hello(now)
-        if self._collect_at is not None and now >= self._collect_at:
-            self._collect_at = None
-            if self._hydrating and not self.sync.requesting():
-                self._hydrate_from_best(now)
-        if self._recontact_at is not None and now >= self._recontact_at:
-            self._recontact(now)
-        if self._prune_at is not None and now >= self._prune_at:
-            self._forget_down_peers(now)
+        self.hydration.tick(now)
+        peers = self.peers
+        if peers.recontact_at is not None and now >= peers.recontact_at:
+            peers.recontact(now, requesting=self.sync.requesting(), request=self._request)
+        if peers.prune_at is not None and now >= peers.prune_at:
+            peers.forget_down(now, self.horizon.seen)
         if now >= self._next_compaction:
             self._next_compaction = now + self.options.compaction_interval_ms
             self.compact(now)
@@ -1321,7 +958,7 @@ class Replica(Generic[T]):
             if since is None:
                 # Liveness forgets down members after a while; this store remembers the
                 # peers it saw go down (and not come back) for as long as it knows them.
-                peer = self._peers.get(origin)
+                peer = self.peers.by_node.get(origin)
                 if peer is not None and not peer.up and peer.down_at >= 0:
                     since = peer.down_at
             return since is not None and now - since > ttl

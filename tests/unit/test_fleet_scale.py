@@ -77,7 +77,7 @@ def test_a_returned_process_unknown_to_the_store_is_recontacted() -> None:
     net = fleet(6)
     left, right = split_and_write(net)
     lone = right[-1]
-    peers = net.replica(lone)._peers
+    peers = net.replica(lone).peers.by_node
     for p in left:
         peers.pop(p, None)  # never heard on the store's topic
     net.heal()
@@ -155,5 +155,5 @@ def test_replicas_report_full_transfers_they_served_lately() -> None:
     """The load a replica reports counts the full transfers of the last minute."""
     replica: Replica[Any] = Replica("s", "me", 1, value_codec(int), options=OPTIONS, now=NOW)
     replica.sync.full_served.extend([NOW - 70_000, NOW - 1_000, NOW])
-    assert replica._recent_transfers(NOW) == 2
-    assert replica._recent_transfers(NOW + 61_000) == 0
+    assert replica.hydration.recent_transfers(NOW) == 2
+    assert replica.hydration.recent_transfers(NOW + 61_000) == 0

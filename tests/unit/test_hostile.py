@@ -184,11 +184,11 @@ def test_ghost_peers_are_forgotten_once_down() -> None:
     for i in range(200):
         net.inject("a", wire.encode(wire.Hello(f"ghost-{i}", i, net.now, False, False, 0)))
     a = net.replica("a")
-    assert len(a._peers) == 201
+    assert len(a.peers) == 201
     net.advance(2 * LIVE.down_after_ms)
     assert a.members() == {"a", "b"}
     net.advance(61_000, step_ms=1_000)
-    assert set(a._peers) == {"b"}
+    assert set(a.peers.by_node) == {"b"}
 
 
 # --- goodbyes ----------------------------------------------------------------------------

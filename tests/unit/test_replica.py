@@ -1066,7 +1066,7 @@ def test_next_deadline_walks_no_peers() -> None:
         r.receive(wire.encode(wire.Hello(f"p{i}", i, T0, True, False, 0)), T0)
     r.local_set("k", 1, T0, ttl_ms=50)
     r.data_to_send()
-    r._peers = CountingDict(r._peers)
+    r.peers.by_node = CountingDict(r.peers.by_node)
     CountingDict.walks = 0
     due = r.next_deadline()
     assert CountingDict.walks == 0
