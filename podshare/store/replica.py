@@ -44,15 +44,13 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from operator import attrgetter
-from typing import Any, Final, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from podshare.crdt.clock import HLC, Stamp
 from podshare.crdt.merger import Merger
 from podshare.exceptions import (
     ConfigurationError,
-    DecodeError,
     InvalidValue,
     PodshareError,
     ProtocolError,
@@ -60,10 +58,7 @@ from podshare.exceptions import (
 )
 from podshare.persistence.base import (
     PersistedState,
-    decode_meta,
-    decode_record,
     encode_meta,
-    encode_raw_record,
 )
 from podshare.store import wire
 from podshare.store.codec import ValueCodec
@@ -71,21 +66,18 @@ from podshare.store.events import Event, Stats
 from podshare.store.horizon import SEED_TIME, Horizon
 from podshare.store.hydration import Hydration
 from podshare.store.membership import MemberEvent
+from podshare.store.options import ReplicaOptions
 from podshare.store.packing import ENVELOPE_SLACK, split
-from podshare.store.peers import MAX_PEERS, Peer, PeerTable
+from podshare.store.peers import Peer, PeerTable
+from podshare.store.records import changed_records, decode_records, decode_vector
+from podshare.store.skew import SkewGuard
 from podshare.store.state import MapState
 from podshare.store.sync import SyncEngine, SyncFinished, SyncLimits
 from podshare.store.wire import EPHEMERAL, EXPIRING, MERGED, TOMBSTONE, WireEntry, make_entry
-from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["SEED_TIME", "Outgoing", "Replica", "ReplicaOptions"]
 
 T = TypeVar("T")
-
-# A skewed sender is reported at most this often (ms).
-_SKEW_REPORT_EVERY: Final = 60_000
-# Orders wire entries by stamp: (time, counter, origin).
-_STAMP_ORDER: Final = attrgetter("time", "counter", "origin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,63 +91,6 @@ class Outgoing:
 
     to: str | None
     data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaOptions:
-    """Timing and size options of a `Replica`; every time is in milliseconds.
-
-    Attributes:
-        tombstone_ttl_ms: a delete is remembered at least this long (and until the
-            horizon allows forgetting it; see `podshare.store.horizon`). 24 h.
-        tombstone_hard_cap_ms: writers unheard of for this long are forgotten, and no
-            tombstone outlives it. 7 days.
-        compaction_interval_ms: how often `Replica.tick()` compacts tombstones.
-        max_clock_skew_ms: the clock follows remote stamps at most this far ahead of
-            the wall clock; senders further ahead are reported; entries stamped more than
-            twice this far ahead are refused until time catches up.
-        max_message_size: no outgoing message is larger; received ones above it are
-            refused.
-        hello_window_ms: how long a joining replica waits for a synced peer to answer
-            its hello before weighing the evidence (then it asks again, backing off).
-        sync_timeout_ms: an exchange without progress for this long fails.
-        sync_window: bytes an entry stream may have unacknowledged once warmed up.
-        sync_chunk: the largest part of an entry stream.
-
-    Raises:
-        ConfigurationError: an option is not a positive int.
-
-    Example:
-        >>> ReplicaOptions(hello_window_ms=500).hello_window_ms
-        500
-        >>> ReplicaOptions(sync_timeout_ms=0)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        podshare.exceptions.ConfigurationError: sync_timeout_ms must be an int >= 1, got 0
-    """
-
-    tombstone_ttl_ms: int = 24 * 3600 * 1000
-    tombstone_hard_cap_ms: int = 7 * 24 * 3600 * 1000
-    compaction_interval_ms: int = 5 * 60 * 1000
-    max_clock_skew_ms: int = 60_000
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    hello_window_ms: int = 300
-    sync_timeout_ms: int = 2_000
-    sync_window: int = 1024 * 1024
-    sync_chunk: int = 64 * 1024
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if type(value) is not int or value < 1:
-                raise ConfigurationError(f"{f.name} must be an int >= 1, got {value!r}")
-        if self.max_message_size < 2 * ENVELOPE_SLACK:
-            raise ConfigurationError(
-                f"max_message_size must be at least {2 * ENVELOPE_SLACK}, "
-                f"got {self.max_message_size}"
-            )
-        if self.tombstone_hard_cap_ms < self.tombstone_ttl_ms:
-            raise ConfigurationError("tombstone_hard_cap_ms must be at least tombstone_ttl_ms")
 
 
 class Replica(Generic[T]):
@@ -218,6 +153,8 @@ class Replica(Generic[T]):
         self._limit = options.max_message_size - ENVELOPE_SLACK
         self._max_size = options.max_message_size
         self._skew = options.max_clock_skew_ms
+        #: The clock rules for received stamps (`podshare.store.skew`).
+        self.skew = SkewGuard(self._clock, options.max_clock_skew_ms, self.stats, self._errors)
         self.horizon = Horizon(node_id, started_at=now, hard_cap_ms=options.tombstone_hard_cap_ms)
         self.state: MapState[T] = MapState(
             node_id,
@@ -253,7 +190,6 @@ class Replica(Generic[T]):
         self._pending: dict[str, tuple[WireEntry, Any]] = {}
         self._spill: list[WireEntry] = []
         self._next_compaction = now + options.compaction_interval_ms
-        self._skew_reported: dict[str, int] = {}
         self._left = False
         # The token this replica's Leave reveals, committed to in its hellos.
         self._leave_token = secrets.token_bytes(16)
@@ -671,7 +607,7 @@ class Replica(Generic[T]):
             else:
                 self._on_writes(msg, now)
         elif isinstance(msg, wire.SyncData):
-            self.sync.on_data(self._bound_stamps(msg, now) if msg.entries else msg, now)
+            self.sync.on_data(self.skew.bound_stamps(msg, now) if msg.entries else msg, now)
         elif isinstance(msg, wire.SyncAck):
             self.sync.on_ack(msg, now)
         elif isinstance(msg, wire.SyncKeys):
@@ -695,68 +631,9 @@ class Replica(Generic[T]):
             self._retract_previous_life(now)
 
     def _on_writes(self, msg: wire.Writes, now: int) -> None:
-        entries = msg.entries
-        if not entries:
-            return
-        skew = self.options.max_clock_skew_ms
-        if msg.sent_at > now + skew:
-            self._report_skew(msg.sender, msg.sent_at - now, now)
-        top = max(e.time for e in entries) if len(entries) > 1 else entries[0].time
-        if top > now + 2 * skew:
-            entries = self._refuse_future(entries, now)
-            if not entries:
-                return
-        self._observe(entries)
-        self.state.apply(entries, now)
-
-    def _observe(self, entries: Sequence[WireEntry]) -> None:
-        """Move the clock past the newest stamp received: its time, counter *and* origin,
-        so a write made after seeing it orders after it, even in the same millisecond."""
-        newest = max(entries, key=_STAMP_ORDER) if len(entries) > 1 else entries[0]
-        self._clock.observe(newest.stamp)
-
-    def _bound_stamps(self, msg: wire.SyncData, now: int) -> wire.SyncData:
-        """The clock rules of `_on_writes()` for a part of an entry stream: entries too
-        far ahead are refused, and the clock observes the rest before they are applied (a
-        local write after hydration must order after what it replaces)."""
-        entries = msg.entries
-        top = max(e.time for e in entries)
-        if top > now + 2 * self.options.max_clock_skew_ms:
-            entries = self._refuse_future(entries, now)
-            msg = wire.SyncData(
-                msg.sender, msg.nonce, msg.sync_id, msg.stream, msg.part, msg.last, entries,
-                msg.vector,
-            )  # fmt: skip
-            if not entries:
-                return msg
-        self._observe(entries)
-        return msg
-
-    def _refuse_future(self, entries: Sequence[WireEntry], now: int) -> list[WireEntry]:
-        """Drop entries stamped more than twice ``max_clock_skew`` ahead (reported)."""
-        bound = now + 2 * self.options.max_clock_skew_ms
-        kept = [e for e in entries if e.time <= bound]
-        refused = len(entries) - len(kept)
-        self.stats.stamps_refused += refused
-        worst = max(entries, key=lambda e: e.time)
-        self._report_skew(worst.origin, worst.time - now, now, refused=refused)
-        return kept
-
-    def _report_skew(self, node: str, ahead: int, now: int, *, refused: int = 0) -> None:
-        self.stats.clock_skew_reports += 1
-        last = self._skew_reported.get(node)
-        if last is not None and now - last < _SKEW_REPORT_EVERY:
-            return
-        if len(self._skew_reported) >= MAX_PEERS:
-            self._skew_reported.clear()
-        self._skew_reported[node] = now
-        what = f"; {refused} entries refused until time catches up" if refused else ""
-        self._errors.append(
-            ProtocolError(
-                f"the clock of node {node!r} is {ahead} ms ahead of this node's "
-                f"(max_clock_skew {self.options.max_clock_skew_ms} ms){what}: run NTP"
-            )
-        )
+        entries = self.skew.admit_writes(msg, now)
+        if entries:
+            self.state.apply(entries, now)
 
     def _retract_previous_life(self, now: int) -> None:
         keys, self.state.retracted = self.state.retracted, []
@@ -869,15 +746,7 @@ class Replica(Generic[T]):
             return {}, b""
         keys: Iterable[str] = list(state.entries) if everything else list(dirty)
         dirty.clear()
-        records: dict[str, bytes | None] = {}
-        entries = state.entries
-        for key in keys:
-            e = entries.get(key)
-            if e is None or e.flags & EPHEMERAL:
-                records[key] = None
-            else:
-                raw = state.raw(key)
-                records[key] = None if raw is None else encode_raw_record(raw)
+        records = changed_records(state, keys)
         meta = encode_meta(now, self.horizon.vector(self._clock.peek() - 1))
         return records, meta
 
@@ -898,34 +767,18 @@ class Replica(Generic[T]):
         ``persist_loaded`` (entries loaded at open) is left alone.
         """
         self.state.now = now
-        entries: list[WireEntry] = []
-        for key, data in persisted.records.items():
-            try:
-                entry = decode_record(data)
-                if entry.key != key:
-                    raise DecodeError(f"the record of {key!r} holds key {entry.key!r}")
-            except DecodeError as exc:
-                self.stats.persist_corrupt += 1
-                self._errors.append(DecodeError(f"persisted record of {key!r} skipped: {exc}"))
-                continue
-            entries.append(entry)
+        entries = decode_records(persisted, self.stats, self._errors)
         if entries:
-            top = max(e.time for e in entries)
-            self._clock.observe(Stamp(min(top, now + self.options.max_clock_skew_ms), 0, ""))
+            self.skew.observe_persisted(max(e.time for e in entries), now)
             emit, self.state.emit = self.state.emit, self.state.emit and live
             dirty, self.state.dirty = self.state.dirty, None
             try:
                 self.state.apply(entries, now)
             finally:
                 self.state.emit, self.state.dirty = emit, dirty
-        if persisted.meta is not None:
-            try:
-                _, vector = decode_meta(persisted.meta)
-            except DecodeError as exc:
-                self.stats.persist_corrupt += 1
-                self._errors.append(DecodeError(f"persisted meta record skipped: {exc}"))
-            else:
-                self.horizon.merge(vector, now)
+        vector = decode_vector(persisted, self.stats, self._errors)
+        if vector is not None:
+            self.horizon.merge(vector, now)
         if not live:
             self.stats.persist_loaded += len(entries)
         return len(entries)
