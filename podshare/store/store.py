@@ -57,7 +57,6 @@ from podshare.exceptions import (
     DuplicateNodeId,
     InvalidValue,
     NotSynced,
-    PersistenceError,
     PodshareError,
     TransportError,
 )
@@ -67,6 +66,7 @@ from podshare.store.codec import Codec, ValueCodec, value_codec
 from podshare.store.events import Event, Stats
 from podshare.store.liveness import LivenessAgent, agent_for
 from podshare.store.membership import LivenessOptions, MemberEvent
+from podshare.store.persisting import Persisting, resolve_backend
 from podshare.store.replica import Outgoing, Replica, ReplicaOptions
 from podshare.store.sync import SyncFinished
 from podshare.store.watch import Watch, WatcherRegistry, check_buffer
@@ -240,11 +240,9 @@ class Store(Service, Generic[T]):
         "_node_id",
         "_on_error",
         "_options",
-        "_persist_failing",
         "_persist_interval",
-        "_persist_writer",
-        "_persistence",
         "_persistence_option",
+        "_persisting",
         "_publish_failing",
         "_queued",
         "_remove_gap_listener",
@@ -412,10 +410,8 @@ class Store(Service, Generic[T]):
         self._require_sync = require_sync
         self._anti_entropy_interval = float(anti_entropy_interval)
         self._persistence_option = persistence
-        self._persistence: Persistence | None = None
         self._persist_interval = float(persist_interval)
-        self._persist_writer = False
-        self._persist_failing = False
+        self._persisting: Persisting | None = None
         self._topic = f"ps/{name}"
         self._inbox = f"ps/{name}#{self._node_id}"
         self._options = ReplicaOptions(
@@ -500,7 +496,18 @@ class Store(Service, Generic[T]):
         self._replica = replica
         self._values = replica.values
         _local_replicas(self._transport, self._name, 1)
-        await self._load_persisted()
+        backend = resolve_backend(self._persistence_option, self._transport)
+        if backend is not None:
+            self._persisting = Persisting(
+                backend,
+                replica,
+                name=self._name,
+                interval=self._persist_interval,
+                after=self._after,
+                report=self._report,
+                log=self._log,
+            )
+            await self._persisting.load(max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT))
         await self.start(self._reader, self._topic, name=f"podshare {self._name} receive")
         await self.start(self._reader, self._inbox, name=f"podshare {self._name} inbox")
         await agent.attach(self)
@@ -510,8 +517,8 @@ class Store(Service, Generic[T]):
         self.start_soon(self._anti_entropy, name=f"podshare {self._name} anti-entropy")
         if isinstance(self._transport, GapReporting):
             self._remove_gap_listener = self._transport.add_gap_listener(self._on_gap)
-        if self._persistence is not None:
-            self.start_soon(self._persister, name=f"podshare {self._name} persister")
+        if self._persisting is not None:
+            self.start_soon(self._persisting.run, name=f"podshare {self._name} persister")
         await self._hydrate()
 
     async def _hydrate(self) -> None:
@@ -550,107 +557,7 @@ class Store(Service, Generic[T]):
             len(self._values),
         )
 
-    # --- persistence ---------------------------------------------------------------
-
-    async def _load_persisted(self) -> None:
-        """Resolve the backend, then join what it holds into the replica."""
-        option = self._persistence_option
-        backend: Persistence | None = None
-        if option is None:
-            default = getattr(self._transport, "default_persistence", None)
-            if callable(default):
-                found = default()
-                if found is not None and not isinstance(found, Persistence):
-                    raise ConfigurationError(
-                        f"{self._transport!r}.default_persistence() returned {found!r}"
-                    )
-                backend = found
-        elif option is not False:
-            assert isinstance(option, Persistence)
-            backend = option
-        self._persistence = backend
-        if backend is None:
-            return
-        replica = self._require_replica()
-        replica.track_changes()
-        try:
-            with anyio.fail_after(max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT)):
-                persisted = await backend.load(self._name)
-        except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
-            replica.stats.persist_errors += 1
-            self._report(_persistence_error("loading", self._name, exc))
-            return
-        loaded = replica.load(persisted, _now_ms())
-        self._after()
-        self._log.debug("store %r loaded %d persisted entries", self._name, loaded)
-
-    def _is_persist_writer(self) -> bool:
-        backend = self._persistence
-        if backend is None:
-            return False
-        if not backend.shared:
-            return True
-        # One replica writes a shared backend: the lowest live node id of the store.
-        return min(self._require_replica().members()) == self._node_id
-
-    async def _persister(self) -> None:
-        """Every ``persist_interval``: write what changed (retrying failures with backoff)."""
-        backoff = self._persist_interval
-        while True:
-            await anyio.sleep(backoff)
-            ok = await self._persist_once()
-            backoff = self._persist_interval if ok else min(2 * backoff, 30.0)
-
-    async def _persist_once(self, *, closing: bool = False) -> bool:
-        backend = self._persistence
-        replica = self._replica
-        if backend is None or replica is None:
-            return True
-        now = _now_ms()
-        if not closing and not self._is_persist_writer():
-            self._persist_writer = False
-            replica.persist_changes(now)  # the writer persists them; forget them here
-            return True
-        full = not self._persist_writer and backend.shared
-        if full:
-            # Taking over a shared backend: join what it holds (another writer's work this
-            # replica may lack, or everything, if loading at open had failed), then write
-            # the whole joined state. Nothing it holds is dropped unless this replica
-            # knows it deleted.
-            try:
-                current = await backend.load(self._name)
-            except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
-                return self._persist_failed("loading", exc)
-            replica.load(current, now, live=True)
-            self._after()
-        records, meta = replica.persist_changes(now, everything=full)
-        if full:
-            for key in current.records:
-                records.setdefault(key, None)  # refused by the horizon: deleted here
-        if not records and not full:
-            return True
-        try:
-            await backend.write(self._name, records, meta)
-        except Exception as exc:  # noqa: BLE001  # a backend's failure: counted, reported
-            replica.changes_failed(records, now)
-            return self._persist_failed("writing", exc)
-        self._persist_writer = True
-        stats = replica.stats
-        stats.persist_writes += 1
-        stats.persist_records += len(records)
-        stats.persist_bytes += sum(len(r) for r in records.values() if r is not None)
-        if self._persist_failing:
-            self._persist_failing = False
-            self._log.info("store %r: persistence works again", self._name)
-        return True
-
-    def _persist_failed(self, what: str, exc: BaseException) -> bool:
-        replica = self._require_replica()
-        replica.stats.persist_errors += 1
-        if not self._persist_failing:
-            self._persist_failing = True
-            self._report(_persistence_error(what, self._name, exc))
-        return False
+    # --- joining ------------------------------------------------------------------
 
     async def _wait_transport_ready(self) -> None:
         transport = self._transport
@@ -705,13 +612,13 @@ class Store(Service, Generic[T]):
             return
         # Decided before leaving (the elected writer is the lowest live member, this one
         # included): a clean close writes what the interval had not.
-        persist = self._persistence is not None and (
-            self._persist_writer or self._is_persist_writer()
-        )
+        persisting = self._persisting
+        persist = persisting is not None and persisting.writes_at_close()
         replica.leave(_now_ms())
         await self._flush_round()
         if persist:
-            await self._persist_once(closing=True)
+            assert persisting is not None
+            await persisting.once(closing=True)
         agent = self._agent
         if agent is not None and agent.detach(self):
             for to, data in agent.goodbye():
@@ -1127,7 +1034,8 @@ class Store(Service, Generic[T]):
         # A shared backend may have restarted empty with the transport's server (a Redis
         # without its own persistence): the next write rewrites the whole state, or only
         # the changes made since would be there.
-        self._persist_writer = False
+        if self._persisting is not None:
+            self._persisting.writer = False
 
     # --- background tasks ----------------------------------------------------------
 
@@ -1302,15 +1210,6 @@ class _Watching(AbstractAsyncContextManager["Watch[T]"], Generic[T]):
             await self._context.__aexit__(*exc_info)
         finally:
             self._store._watchers_changed()
-
-
-def _persistence_error(what: str, name: str, exc: BaseException) -> PodshareError:
-    error = PersistenceError(
-        f"store {name!r}: {what} its persisted state failed ({type_name(exc)}: {exc}); "
-        "writes go on, and the state is written once the backend is back"
-    )
-    error.__cause__ = exc
-    return error
 
 
 def _closed_get(_key: object, _default: object = None) -> NoReturn:
