@@ -21,7 +21,6 @@ import gc
 import inspect
 import logging
 import math
-import random
 import time
 import weakref
 from collections.abc import (
@@ -56,25 +55,23 @@ from podshare.exceptions import (
     ConfigurationError,
     DuplicateNodeId,
     InvalidValue,
-    NotSynced,
     PodshareError,
     TransportError,
 )
 from podshare.persistence.base import Persistence
 from podshare.store import wire
+from podshare.store.antientropy import AntiEntropy
 from podshare.store.codec import Codec, ValueCodec, value_codec
 from podshare.store.events import Event, Stats
+from podshare.store.joining import Joining, local_replicas
 from podshare.store.liveness import LivenessAgent, agent_for
 from podshare.store.membership import LivenessOptions, MemberEvent
 from podshare.store.persisting import Persisting, resolve_backend
 from podshare.store.replica import Outgoing, Replica, ReplicaOptions
-from podshare.store.sync import SyncFinished
 from podshare.store.watch import Watch, WatcherRegistry, check_buffer
 from podshare.transport.base import (
-    ClusterReadiness,
     EchoSkipping,
     GapReporting,
-    SubscriberCounting,
     Transport,
     max_message_size,
 )
@@ -90,36 +87,12 @@ _log = logging.getLogger("podshare.store")
 
 # The shortest bound refresh() waits for an exchange to complete.
 _MIN_REFRESH_TIMEOUT = 1.0
-# A gap's repair retries with backoff from this delay up to this cap (seconds).
-_RETRY_MIN = 0.1
-_RETRY_MAX = 5.0
-# Exchanges a gap's repair tries before waiting for the next round.
-_REPAIR_PEERS = 3
 # A message this large is applied with the cyclic garbage collector paused (see _apply).
 _BULK_BYTES = 64 * 1024
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# transport -> store name -> replicas of it open in this process on that transport. A
-# transport counts other *processes*; replicas sharing it in this one count too.
-_local: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
-
-
-def _local_replicas(transport: object, name: str, delta: int) -> int:
-    """Add ``delta`` to the open replicas of ``name`` on ``transport``; return the count."""
-    try:
-        by_name = _local.setdefault(transport, {})
-    except TypeError:  # not weakly referenceable: unknown
-        return 1
-    count = by_name.get(name, 0) + delta
-    if count > 0:
-        by_name[name] = count
-    else:
-        by_name.pop(name, None)
-    return count
 
 
 class _Getter(Protocol[T_co]):
@@ -229,8 +202,8 @@ class Store(Service, Generic[T]):
         "_anti_entropy_interval",
         "_batch",
         "_codec",
+        "_entropy",
         "_flush_lock",
-        "_gap_event",
         "_hydrate_timeout",
         "_inbox",
         "_liveness_options",
@@ -250,7 +223,6 @@ class Store(Service, Generic[T]):
         "_require_sync",
         "_reservation",
         "_stats",
-        "_sync_waiters",
         "_synced",
         "_ticker_target",
         "_topic",
@@ -440,9 +412,8 @@ class Store(Service, Generic[T]):
         self._flush_lock = anyio.Lock(fast_acquire=True)
         # Messages taken from the replica outside a flush round (after receive/tick).
         self._queued: list[Outgoing] = []
-        self._gap_event = anyio.Event()
         self._synced = anyio.Event()
-        self._sync_waiters: dict[str, list[_SyncWaiter]] = {}
+        self._entropy: AntiEntropy | None = None
         self._remove_gap_listener: Callable[[], None] | None = None
         self._publish_failing = False
         self.get = _closed_get
@@ -495,7 +466,15 @@ class Store(Service, Generic[T]):
         replica.emit_data_events = self._watchers.wants_data
         self._replica = replica
         self._values = replica.values
-        _local_replicas(self._transport, self._name, 1)
+        entropy = self._entropy = AntiEntropy(
+            replica,
+            name=self._name,
+            interval=self._anti_entropy_interval,
+            hello_window_ms=self._options.hello_window_ms,
+            after=self._after,
+            log=self._log,
+        )
+        local_replicas(self._transport, self._name, 1)
         backend = resolve_backend(self._persistence_option, self._transport)
         if backend is not None:
             self._persisting = Persisting(
@@ -514,97 +493,26 @@ class Store(Service, Generic[T]):
         self.get = self._values.get  # type: ignore[assignment]
         self.start_soon(self._flusher, name=f"podshare {self._name} flusher")
         self.start_soon(self._ticker, name=f"podshare {self._name} ticker")
-        self.start_soon(self._anti_entropy, name=f"podshare {self._name} anti-entropy")
+        self.start_soon(entropy.run, name=f"podshare {self._name} anti-entropy")
         if isinstance(self._transport, GapReporting):
             self._remove_gap_listener = self._transport.add_gap_listener(self._on_gap)
         if self._persisting is not None:
             self.start_soon(self._persisting.run, name=f"podshare {self._name} persister")
-        await self._hydrate()
-
-    async def _hydrate(self) -> None:
-        replica = self._require_replica()
-        started = time.perf_counter()
-        deadline = anyio.current_time() + self._hydrate_timeout
-        with anyio.move_on_after(self._hydrate_timeout):
-            await self._wait_transport_ready()
-        ready = anyio.current_time() < deadline
-        others = await self._remote_subscribers(deadline)
-        now = _now_ms()
-        replica.cluster_evidence(now, ready=ready, others=others)
-        replica.hydrate(now)
-        self._after()
-        if not replica.synced:
-            self.start_soon(self._gather_evidence, name=f"podshare {self._name} evidence")
-            with anyio.move_on_at(deadline):
-                await self._synced.wait()
-        elapsed = time.perf_counter() - started
-        if replica.synced:
-            self._stats.hydration_seconds = elapsed
-            self._log.debug(
-                "store %r synced in %.3fs (%d keys)", self._name, elapsed, len(self._values)
-            )
-            return
-        if self._require_sync:
-            raise NotSynced(
-                f"store {self._name!r} found peers but none handed its state over within "
-                f"hydrate_timeout ({self._hydrate_timeout} s)"
-            )
-        self._log.warning(
-            "store %r is not synced after hydrate_timeout (%s s): serving what it has "
-            "(%d keys) and still trying; `synced` stays False until it is",
-            self._name,
-            self._hydrate_timeout,
-            len(self._values),
-        )
-
-    # --- joining ------------------------------------------------------------------
-
-    async def _wait_transport_ready(self) -> None:
-        transport = self._transport
-        if isinstance(transport, ClusterReadiness):
-            await transport.wait_ready()
-
-    async def _remote_subscribers(self, deadline: float) -> int | None:
-        transport = self._transport
-        if not isinstance(transport, SubscriberCounting):
-            return None
-        local = _local_replicas(transport, self._name, 0) - 1
-        with anyio.move_on_at(max(deadline, anyio.current_time() + 0.5)):
-            try:
-                remote = await transport.remote_subscribers(self._topic)
-            except PodshareError as exc:
-                self._log.debug("store %r: counting subscribers failed: %s", self._name, exc)
-                return None
-            return None if remote is None else remote + max(0, local)
-        return None
-
-    async def _gather_evidence(self) -> None:
-        """Until synced: keep the replica's view of the cluster current (readiness,
-        other subscribers), so a slow transport or a growing cluster is weighed again."""
-        replica = self._require_replica()
-        delay = self._options.hello_window_ms / 1000
-        ready = False
-        tie_at = anyio.current_time() + 2 * max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT)
-        while not replica.synced:
-            if anyio.current_time() >= tie_at and replica.break_the_tie(_now_ms()):
-                self._log.warning(
-                    "store %r: no synced replica answered for %.1f s; this one has the "
-                    "lowest node id of those it knows and starts the cluster's state",
-                    self._name,
-                    2 * self._hydrate_timeout,
-                )
-                self._after()
-                break
-            if not ready:
-                with anyio.move_on_after(delay):
-                    await self._wait_transport_ready()
-                    ready = True
-            others = await self._remote_subscribers(anyio.current_time() + delay)
-            replica.cluster_evidence(_now_ms(), ready=ready, others=others)
-            self._after()
-            with anyio.move_on_after(delay):
-                await self._synced.wait()
-            delay = min(2 * delay, _RETRY_MAX)
+        await Joining(
+            self._transport,
+            replica,
+            name=self._name,
+            topic=self._topic,
+            hydrate_timeout=self._hydrate_timeout,
+            require_sync=self._require_sync,
+            tie_after=2 * max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT),
+            hello_window_ms=self._options.hello_window_ms,
+            synced=self._synced,
+            after=self._after,
+            start_soon=self.start_soon,
+            stats=self._stats,
+            log=self._log,
+        ).join()
 
     async def _close(self) -> None:
         replica = self._replica
@@ -638,12 +546,10 @@ class Store(Service, Generic[T]):
         if agent is not None:
             agent.detach(self)  # idempotent: after a failed open or a crash
         if self._replica is not None:
-            _local_replicas(self._transport, self._name, -1)
+            local_replicas(self._transport, self._name, -1)
         self._reservation.release()
-        for waiters in self._sync_waiters.values():
-            for waiter in waiters:
-                waiter.event.set()
-        self._sync_waiters.clear()
+        if self._entropy is not None:
+            self._entropy.close()
         self._synced.set()
         self._batch.finish()
 
@@ -892,28 +798,9 @@ class Store(Service, Generic[T]):
         gap and every ``anti_entropy_interval``.
         """
         self._writable()
-        with anyio.move_on_after(max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT)):
-            for _ in range(_REPAIR_PEERS):
-                if await self._sync_once():
-                    return
-        self._log.debug("store %r: refresh did not complete in time", self._name)
-
-    async def _sync_once(self, peer: str | None = None) -> bool:
-        """One exchange (with ``peer`` or the best one); True when it completed."""
-        replica = self._require_replica()
-        asked = replica.request_sync(_now_ms(), peer=peer)
-        self._after()
-        if asked is None:
-            running = [x.peer for x in replica.sync]
-            if not running:
-                # Nobody to ask yet: give peers a hello window to show up, then report it.
-                await anyio.sleep(self._options.hello_window_ms / 1000)
-                return False
-            asked = running[0]
-        waiter = _SyncWaiter()
-        self._sync_waiters.setdefault(asked, []).append(waiter)
-        await waiter.event.wait()
-        return waiter.ok
+        entropy = self._entropy
+        assert entropy is not None
+        await entropy.refresh(max(self._hydrate_timeout, _MIN_REFRESH_TIMEOUT))
 
     async def wait_synced(self) -> None:
         """Return once this replica is synced (see [`synced`][podshare.Store.synced])."""
@@ -965,7 +852,9 @@ class Store(Service, Generic[T]):
             self._watchers.dispatch(events)
         finished = replica.syncs_finished()
         if finished:
-            self._finished(finished)
+            entropy = self._entropy
+            assert entropy is not None
+            entropy.finished(finished)
         outgoing = replica.data_to_send()
         if outgoing:
             self._queued.extend(outgoing)
@@ -977,12 +866,6 @@ class Store(Service, Generic[T]):
         errors = replica.errors_received()
         for error in errors:
             self._report(error)
-
-    def _finished(self, notices: list[SyncFinished]) -> None:
-        for notice in notices:
-            for waiter in self._sync_waiters.pop(notice.peer, ()):
-                waiter.ok = notice.ok
-                waiter.event.set()
 
     def _report(self, error: PodshareError) -> None:
         if isinstance(error, DuplicateNodeId):
@@ -1029,8 +912,8 @@ class Store(Service, Generic[T]):
         return True
 
     def _on_gap(self) -> None:
-        # Always the current event: a gap during a repair schedules another repair.
-        self._gap_event.set()
+        if self._entropy is not None:
+            self._entropy.gap()
         # A shared backend may have restarted empty with the transport's server (a Redis
         # without its own persistence): the next write rewrites the whole state, or only
         # the changes made since would be there.
@@ -1145,50 +1028,6 @@ class Store(Service, Generic[T]):
             self._after()
             # A replica due again at once must not starve the other tasks.
             await anyio.lowlevel.checkpoint()
-
-    async def _anti_entropy(self) -> None:
-        """One exchange every ``anti_entropy_interval``; after each transport gap, a repair.
-
-        A repair is an exchange with one peer, then with another if it fails (up to a
-        few), retried with capped, jittered backoff until one completes or a new gap
-        arrives. One peer, not every live peer: the exchange is bidirectional and the
-        next periodic round spreads the rest, so a gap costs O(1) exchanges per replica,
-        not O(fleet).
-        """
-        interval = self._anti_entropy_interval
-        backoff = _RETRY_MIN
-        repairing = False
-        while True:
-            # Jitter keeps a fleet started together from refreshing in lockstep.
-            wait = min(backoff, interval) if repairing else interval * random.uniform(0.9, 1.1)
-            with anyio.move_on_after(wait):
-                await self._gap_event.wait()
-            if self._gap_event.is_set():
-                self._gap_event = anyio.Event()
-                self._log.info("store %r: transport reported a gap; repairing", self._name)
-                repairing, backoff = True, _RETRY_MIN
-            if not repairing:
-                await self._sync_once()
-                continue
-            done = False
-            for _ in range(_REPAIR_PEERS):
-                if await self._sync_once():
-                    done = True
-                    break
-            if done or not self._require_replica().members() - {self._node_id}:
-                repairing = False
-            else:
-                backoff = min(2 * backoff, _RETRY_MAX) * random.uniform(0.5, 1.0)
-
-
-class _SyncWaiter:
-    """Someone waiting for an exchange with one peer to end, and how it ended."""
-
-    __slots__ = ("event", "ok")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.ok = False
 
 
 class _Watching(AbstractAsyncContextManager["Watch[T]"], Generic[T]):
