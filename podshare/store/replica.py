@@ -44,7 +44,6 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from podshare.crdt.clock import HLC, Stamp
@@ -67,7 +66,8 @@ from podshare.store.horizon import SEED_TIME, Horizon
 from podshare.store.hydration import Hydration
 from podshare.store.membership import MemberEvent
 from podshare.store.options import ReplicaOptions
-from podshare.store.packing import ENVELOPE_SLACK, split
+from podshare.store.outbox import Outbox, Outgoing
+from podshare.store.packing import ENVELOPE_SLACK
 from podshare.store.peers import Peer, PeerTable
 from podshare.store.records import changed_records, decode_records, decode_vector
 from podshare.store.skew import SkewGuard
@@ -78,19 +78,6 @@ from podshare.store.wire import EPHEMERAL, EXPIRING, MERGED, TOMBSTONE, WireEntr
 __all__ = ["SEED_TIME", "Outgoing", "Replica", "ReplicaOptions"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message the driver must publish.
-
-    Attributes:
-        to: ``None`` for the store's broadcast topic, else the node id whose inbox gets it.
-        data: the encoded message.
-    """
-
-    to: str | None
-    data: bytes
 
 
 class Replica(Generic[T]):
@@ -148,10 +135,11 @@ class Replica(Generic[T]):
         self.stats = Stats()
         self._events: list[Event[T]] = []
         self._errors: list[PodshareError] = []
-        self._out: list[Outgoing] = []
         self._clock = HLC(node_id, time_source=self._time, max_skew_ms=options.max_clock_skew_ms)
         self._limit = options.max_message_size - ENVELOPE_SLACK
         self._max_size = options.max_message_size
+        #: What this replica will send (`podshare.store.outbox`).
+        self.outbox = Outbox(node_id, nonce, limit=self._limit)
         self._skew = options.max_clock_skew_ms
         #: The clock rules for received stamps (`podshare.store.skew`).
         self.skew = SkewGuard(self._clock, options.max_clock_skew_ms, self.stats, self._errors)
@@ -176,7 +164,7 @@ class Replica(Generic[T]):
             nonce,
             self.state,
             self.horizon,
-            send=self._send_to,
+            send=self.outbox.send_to,
             clock=self._clock.peek,
             limits=SyncLimits(
                 chunk_bytes=min(options.sync_chunk, self._limit),
@@ -187,8 +175,6 @@ class Replica(Generic[T]):
             may_serve=self._may_serve,
             rng=self._rng,
         )
-        self._pending: dict[str, tuple[WireEntry, Any]] = {}
-        self._spill: list[WireEntry] = []
         self._next_compaction = now + options.compaction_interval_ms
         self._left = False
         # The token this replica's Leave reveals, committed to in its hellos.
@@ -215,8 +201,8 @@ class Replica(Generic[T]):
             sync=self.sync,
             state=self.state,
             stats=self.stats,
-            send_to=self._send_to,
-            broadcast=self._broadcast,
+            send_to=self.outbox.send_to,
+            broadcast=self.outbox.broadcast,
             live_nodes=live_nodes,
             rng=self._rng,
             hello_window_ms=options.hello_window_ms,
@@ -232,12 +218,6 @@ class Replica(Generic[T]):
         if self._liveness_of is None:
             return None
         return self._liveness_of(node, nonce)
-
-    def _send_to(self, peer: str, data: bytes) -> None:
-        self._out.append(Outgoing(peer, data))
-
-    def _broadcast(self, data: bytes) -> None:
-        self._out.append(Outgoing(None, data))
 
     # --- outputs (drained by the driver) -------------------------------------------------
 
@@ -276,23 +256,7 @@ class Replica(Generic[T]):
         Writes to the same key since the last call travel once (the latest for LWW, the
         joined delta for mergers).
         """
-        if not (self._pending or self._spill or self._out):
-            return []
-        out: list[Outgoing] = []
-        if self._pending or self._spill:
-            pending, self._pending = self._pending, {}
-            entries, self._spill = self._spill, []
-            entries.extend(e for e, _ in pending.values())
-            sent_at = self.state.now
-            for group in split(entries, wire.entry_size, self._limit):
-                msg = wire.Writes(self.node_id, self.nonce, sent_at, [])
-                out.append(
-                    Outgoing(None, wire.encode_raw(msg, [wire.entry_list(e) for e in group]))
-                )
-        if self._out:
-            out.extend(self._out)
-            self._out.clear()
-        return out
+        return self.outbox.drain(self.state.now)
 
     @property
     def emit_data_events(self) -> bool:
@@ -430,7 +394,7 @@ class Replica(Generic[T]):
             return
         entry, _ = self._entry_for(key, value, ephemeral=ephemeral, ttl_ms=ttl_ms)
         self.state.put_local(entry, value)
-        self._pending[key] = (entry, None)
+        self.outbox.pending[key] = (entry, None)
 
     def _check_merger_options(self, ephemeral: bool, ttl_ms: int | None) -> None:
         if ephemeral:
@@ -443,18 +407,10 @@ class Replica(Generic[T]):
         assert merger is not None
         data = self.codec.encode(delta)
         stamp = self._clock.now()
-        pending = self._pending.get(key)
-        if pending is not None and pending[0].epoch == epoch and pending[1] is not None:
-            joined = merger.merge(pending[1], delta)
-            joined_data = self.codec.encode(joined)
-            if len(joined_data) + len(key.encode()) <= self._limit:
-                delta, data = joined, joined_data
-            else:
-                # Joined, the deltas would not fit one message: ship the queued one apart.
-                self._spill.append(pending[0])
+        outbox = self.outbox
+        delta, data = outbox.join_queued(key, epoch, delta, data, merger, self.codec)
         self.state.merge_local(key, merged, stamp, epoch)
-        entry = make_entry(key, stamp, MERGED, data, epoch)
-        self._pending[key] = (entry, delta)
+        outbox.pending[key] = (make_entry(key, stamp, MERGED, data, epoch), delta)
 
     def local_set_many(
         self,
@@ -487,9 +443,10 @@ class Replica(Generic[T]):
             (self._entry_for(key, value, ephemeral=ephemeral, ttl_ms=ttl_ms)[0], value)
             for key, value in items
         ]
+        pending = self.outbox.pending
         for entry, value in entries:
             self.state.put_local(entry, value)
-            self._pending[entry.key] = (entry, None)
+            pending[entry.key] = (entry, None)
 
     def local_delete(self, key: str, now: int) -> bool:
         """Delete ``key``: a tombstone (a merger key: a new epoch), applied and queued.
@@ -503,7 +460,7 @@ class Replica(Generic[T]):
         else:
             entry = make_entry(key, stamp, TOMBSTONE, None)
         was_live = self.state.delete_local(entry)
-        self._pending[key] = (entry, None)
+        self.outbox.pending[key] = (entry, None)
         return was_live
 
     def local_delete_many(self, keys: Iterable[str], now: int) -> int:
@@ -545,7 +502,7 @@ class Replica(Generic[T]):
             InvalidValue: a value is refused (nothing was loaded).
         """
         self.state.now = now
-        if self.state.entries or self._pending:
+        if self.state.entries or self.outbox.pending:
             raise StoreNotEmpty(
                 f"seed() loads only into an empty store; {self.name!r} holds "
                 f"{len(self.state.entries)} entries"
@@ -832,7 +789,7 @@ class Replica(Generic[T]):
         own = self.state.ephemeral.get((self.node_id, self.nonce), set())
         for key in sorted(own):
             self.local_delete(key, now)
-        self._broadcast(wire.encode(wire.Leave(self.node_id, self.nonce, self._leave_token)))
+        self.outbox.broadcast(wire.encode(wire.Leave(self.node_id, self.nonce, self._leave_token)))
 
 
 _MISSING: Any = object()
