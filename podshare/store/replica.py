@@ -23,8 +23,12 @@ inputs go in, outputs are drained.
 What lives where: the map and its join rules in `podshare.store.state`, digests in
 `podshare.store.digest`, the sync exchange in `podshare.store.sync`, the
 horizon (what may be compacted, what is refused) in `podshare.store.horizon`,
-liveness in `podshare.store.membership`, message definitions and sizes in
-`podshare.store.wire` and `podshare.store.packing`.
+liveness in `podshare.store.membership`, the peer table in `podshare.store.peers`,
+joining (hellos, evidence, tie-break) in `podshare.store.hydration`, the clock rules for
+received stamps in `podshare.store.skew`, what is queued to send in
+`podshare.store.outbox`, persisted records in `podshare.store.records`, the options in
+`podshare.store.options`, message definitions and sizes in `podshare.store.wire` and
+`podshare.store.packing`. This module composes them.
 
 Example:
     >>> from podshare.store.codec import value_codec

@@ -6,7 +6,9 @@ the core's outputs — events to watchers, errors to ``on_error``, messages to t
 transport, finished syncs to whoever waits for them. It never reads the core's counters
 to learn what happened. Background work (receivers, the flusher, the ticker,
 anti-entropy, and the process's shared liveness stream when this store hosts it) runs in
-the task group of `Service`, owned by ``async with``.
+the task group of `Service`, owned by ``async with``. Persistence is driven by
+`podshare.store.persisting`, refresh and anti-entropy by `podshare.store.antientropy`,
+the wait for sync at open by `podshare.store.joining`.
 
 Write path (group commit): a write is applied to the replica at once (reads see it
 immediately, watchers get their event), then the writer waits for the batch holding it
