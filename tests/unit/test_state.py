@@ -510,7 +510,7 @@ def test_the_digest_folds_in_bounded_steps_and_ends_equal_to_a_recomputation() -
     h = harness()
     h.apply(*(put(f"k{i}", 15_000, b"1") for i in range(100)))
     h.apply(*(put(f"k{i}", 15_001, b"2") for i in range(0, 100, 3)), tomb("k1", 15_002))
-    assert h.state.digest_behind
+    assert len(h.state._stale) > 16
     steps = 0
     while h.state.digest_behind:
         before = len(h.state._stale)
