@@ -30,6 +30,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_yjs_bridge": ["--edits", "200", "--samples", "200"],
     "bench_persistence": ["--keys", "10000", "--intervals", "2"],
     "bench_cross": ["--quick"],
+    "bench_hydrate": ["--quick"],
 }
 
 

@@ -217,16 +217,16 @@ class Hydration:
             # About _HELLO_ANSWERS synced replicas answer, fewer of those serving: the
             # fleet's size is the larger of the store's peers and the live processes (a
             # replica that was written to by few peers knows few of them). In a fleet
-            # large enough that others will answer, a replica that served a full
-            # transfer lately answers half as often (joins spread over the fleet; at
-            # least about half of _HELLO_ANSWERS still answer when all did).
+            # large enough that others will answer, the full transfers served lately
+            # count too (joins spread over the fleet; a joiner no one answered says
+            # hello again, backing off).
             live = sum(1 for _ in self._peers.live())
             if self._live_nodes is not None:
                 live = max(live, len(set(self._live_nodes())) - 1)
-            serving = len(sync.serving)
-            load = 1 + serving
-            if live > 2 * _HELLO_ANSWERS and self.recent_transfers(now) > serving:
-                load += 1
+            if live > 2 * _HELLO_ANSWERS:
+                load = 1 + self.recent_transfers(now)
+            else:
+                load = 1 + len(sync.serving)
             if self._rng.random() * max(1, live) * load >= _HELLO_ANSWERS:
                 return  # enough others answer, on average
         elif self._peers.any_synced_up():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from podshare.crdt.clock import Stamp
@@ -217,33 +218,62 @@ class MapState(Generic[T]):
             self.refresh_digest()
         return self._tree
 
+    @property
+    def digest_behind(self) -> bool:
+        """Whether entries changed since the digest tree was last brought up to date."""
+        return bool(self._stale or self._dirty)
+
+    def fold_digest(self, limit: int) -> None:
+        """Fold up to ``limit`` of the entries changed since the last digest into the
+        tree (the oldest changes first), and every changed merger key.
+
+        The driver calls this between messages (from the replica's ``tick``), so the
+        tree keeps up with a stream of writes in small steps, and the first exchange
+        after a bulk load does not fold a million keys in one call.
+        """
+        stale = self._stale
+        if len(stale) <= limit:
+            self.refresh_digest()
+            return
+        taken = list(islice(stale.items(), limit))
+        for key, _ in taken:
+            del stale[key]
+        self._fold(taken)
+        self._fold_dirty()
+
     def refresh_digest(self) -> None:
         """Fold the entries changed since the last digest into the tree."""
         stale = self._stale
         if stale:
-            tree, entries = self._tree, self.entries
-            for key, was in stale.items():
-                now = entries.get(key)
-                if now is was:
-                    continue
-                kc = _crc32(key.encode())
-                if now is None:
-                    assert was is not None
-                    tree.remove(
-                        key, entry_hash(kc, was.time, was.counter, was.origin, was.flags, was.value)
-                    )
-                    continue
-                h = entry_hash(kc, now.time, now.counter, now.origin, now.flags, now.value)
-                if was is None:
-                    tree.add(key, h, kc)
-                else:
-                    tree.change(
-                        key,
-                        entry_hash(kc, was.time, was.counter, was.origin, was.flags, was.value),
-                        h,
-                        kc,
-                    )
+            self._fold(stale.items())
             stale.clear()
+        self._fold_dirty()
+
+    def _fold(self, changes: Iterable[tuple[str, WireEntry | None]]) -> None:
+        tree, entries = self._tree, self.entries
+        for key, was in changes:
+            now = entries.get(key)
+            if now is was:
+                continue
+            kc = _crc32(key.encode())
+            if now is None:
+                assert was is not None
+                tree.remove(
+                    key, entry_hash(kc, was.time, was.counter, was.origin, was.flags, was.value)
+                )
+                continue
+            h = entry_hash(kc, now.time, now.counter, now.origin, now.flags, now.value)
+            if was is None:
+                tree.add(key, h, kc)
+            else:
+                tree.change(
+                    key,
+                    entry_hash(kc, was.time, was.counter, was.origin, was.flags, was.value),
+                    h,
+                    kc,
+                )
+
+    def _fold_dirty(self) -> None:
         dirty = self._dirty
         if not dirty:
             return

@@ -349,7 +349,6 @@ class SyncEngine:
         sync_id = self._rng.getrandbits(62)
         x = _Exchange(sync_id, peer, full, now + self.limits.timeout_ms)
         self.exchanges[sync_id] = x
-        self.state.refresh_digest()
         x.my_vector = self._vector()
         if full:
             # Nothing to push: the (empty) push with this replica's vector goes at once.
@@ -358,8 +357,9 @@ class SyncEngine:
             request = wire.SyncRequest(self.node_id, self.nonce, sync_id, 0, None, b"")
         else:
             x.level = 1
+            tree = self.state.tree  # brought up to date (a full transfer needs no digest)
             request = wire.SyncRequest(
-                self.node_id, self.nonce, sync_id, 1, None, self.state.tree.hashes(1, None)
+                self.node_id, self.nonce, sync_id, 1, None, tree.hashes(1, None)
             )
         self._out(peer, wire.encode(request))
         if full:
@@ -617,7 +617,6 @@ class SyncEngine:
             s.deadline = now + 2 * self.limits.timeout_ms
         s.level = msg.level
         state = self.state
-        state.refresh_digest()
         vector = self._vector() if first else None
         if msg.level == 0:
             s.full = True
@@ -631,7 +630,7 @@ class SyncEngine:
             s.answer.done_producing = True
             self._pump_serving(s, now)
             return
-        tree = state.tree
+        tree = state.tree  # brought up to date (a full transfer needs no digest)
         differing = tree.differing(msg.level, msg.buckets, msg.hashes)
         descend: list[int] = []
         final: list[int] = []

@@ -506,6 +506,26 @@ def test_digest_follows_every_change() -> None:
     assert h.state.tree.hashes(3, None) == recomputed(h.state.entries)
 
 
+def test_the_digest_folds_in_bounded_steps_and_ends_equal_to_a_recomputation() -> None:
+    h = harness()
+    h.apply(*(put(f"k{i}", 15_000, b"1") for i in range(100)))
+    h.apply(*(put(f"k{i}", 15_001, b"2") for i in range(0, 100, 3)), tomb("k1", 15_002))
+    assert len(h.state._stale) > 16
+    steps = 0
+    while h.state.digest_behind:
+        before = len(h.state._stale)
+        h.state.fold_digest(16)
+        assert before - len(h.state._stale) == min(before, 16)  # 16 keys a step, at most
+        steps += 1
+    assert steps >= 2
+    assert h.state._tree.hashes(3, None) == recomputed(h.state.entries)  # no fold left to do
+    # A change after a partial fold is folded from what the tree holds, not from scratch.
+    h.apply(*(put(f"k{i}", 15_003, b"3") for i in range(50)))
+    h.state.fold_digest(10)
+    h.apply(put("k5", 15_004, b"4"), tomb("k6", 15_004))
+    assert h.state.tree.hashes(3, None) == recomputed(h.state.entries)
+
+
 def recomputed(entries: dict[str, WireEntry]) -> bytes:
     from podshare.store.digest import DigestTree
 
