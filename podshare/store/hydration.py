@@ -210,6 +210,7 @@ class Hydration:
         answer is needed."""
         peer.pin_commitment(msg.commitment, now)
         peer.synced = msg.synced
+        peer.keys = msg.keys
         if not msg.ask:
             return
         sync = self._sync
@@ -256,6 +257,7 @@ class Hydration:
         peer.pin_commitment(msg.commitment, now)
         peer.synced = msg.synced
         peer.transfers = msg.transfers
+        peer.keys = msg.keys
         if not self.hydrating:
             return
         if msg.synced:
@@ -288,7 +290,18 @@ class Hydration:
             return
         best = min(candidates, key=lambda n: (peers[n].transfers, self._rng.random()))
         self.candidates.discard(best)
-        self._sync.start(best, now, full=not self._state.entries)
+        self._sync.start(best, now, full=self.wants_full(best))
+
+    def wants_full(self, partner: str) -> bool:
+        """Whether to ask ``partner`` for everything rather than a digest exchange: when
+        this replica holds nothing, or while it hydrates and holds under half of the keys
+        the partner said it holds (a transfer cut short leaves a few keys: comparing
+        digests over the rest would cost both sides more than sending it)."""
+        held = len(self._state.entries)
+        if not held:
+            return True
+        peer = self._peers.by_node.get(partner)
+        return self.hydrating and peer is not None and 2 * held < peer.keys
 
     def exchange_ended(self, ok: bool, peer: Peer | None, now: int) -> None:
         """An exchange this replica asked for ended (``peer``: its partner, if a known

@@ -56,6 +56,7 @@ class Peer:
         "down_at",
         "failed_at",
         "heard_at",
+        "keys",
         "last_ok",
         "nonce",
         "served_at",
@@ -77,6 +78,7 @@ class Peer:
         self.up = True
         self.synced: bool | None = None  # None: unknown
         self.transfers = 0
+        self.keys = 0  # how many keys it said it holds (its hellos and answers)
         self.last_ok = -1
         self.failed_at = -1
         self.down_at = -1  # when it was last seen going down

@@ -1066,11 +1066,28 @@ def test_next_deadline_walks_no_peers() -> None:
         r.receive(wire.encode(wire.Hello(f"p{i}", i, T0, True, False, 0)), T0)
     r.local_set("k", 1, T0, ttl_ms=50)
     r.data_to_send()
+    r.state.refresh_digest()  # else the digest's next fold step is the earliest
     r.peers.by_node = CountingDict(r.peers.by_node)
     CountingDict.walks = 0
     due = r.next_deadline()
     assert CountingDict.walks == 0
     assert due == T0 + 50  # the expiry is the earliest
+
+
+def test_ticks_fold_the_digest_a_bounded_step_at_a_time() -> None:
+    r = synced_alone(replica())
+    for i in range(3_000):
+        r.local_set(f"k{i}", i, T0)
+    r.data_to_send()
+    now = T0
+    ticks = 0
+    while r.state.digest_behind:
+        now = r.next_deadline()
+        assert now <= T0 + 10 * (ticks + 1)  # a step is due within 10 ms
+        r.tick(now)
+        ticks += 1
+    assert ticks == 3  # 1,024 keys a step
+    assert r.next_deadline() > now + 10  # nothing more to fold
 
 
 def test_next_deadline_moves_forward_after_every_tick() -> None:
