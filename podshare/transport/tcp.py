@@ -69,6 +69,7 @@ from podshare.transport._framing import (
     ProtocolEvent,
     State,
     check_topic,
+    encode_frame,
     encode_message_body,
 )
 from podshare.transport._tcp_gate import HandshakeGate, RateLimitedLog, Ticket
@@ -88,6 +89,8 @@ __all__ = [
 _log = logging.getLogger("podshare.transport.tcp")
 
 _READ_SIZE = 65536
+#: The length prefix of every frame.
+_FRAME_HEADER = 4
 #: Errors a connection may end with; anything else is a bug and propagates.
 _CONNECTION_ERRORS = (
     OSError,  # includes ssl.SSLError and ConnectionError
@@ -968,11 +971,25 @@ class TcpTransport(Service):
         )
         conn.scope.cancel()
 
-    def _send(self, conn: _Connection, body: bytes) -> bool:
-        """Queue ``body`` for ``conn``; a queue at its hard limit stalls the peer."""
-        if conn.queue.put(body):
+    def _send(self, conn: _Connection, body: bytes, frame: bytes | None = None) -> bool:
+        """Queue ``body`` for ``conn``, framed; a queue at its hard limit stalls the peer.
+
+        ``frame``: ``body`` already framed without a MAC (shared by every connection of
+        a publish when no secret is in use). Frames are encoded here, in queue order, so
+        sequence numbers and MACs follow the order the writer sends them in; nothing is
+        encoded for a peer being dropped (its sequence would have a hole).
+        """
+        if conn.stalled:
+            return False
+        queue = conn.queue
+        if frame is None:
+            proto = conn.proto
+            mac = MAC_SIZE if proto.authenticated else 0
+            if queue.fits(len(body) + _FRAME_HEADER + mac):
+                frame = proto.encode(body)
+        if frame is not None and queue.put(frame):
             return True
-        self._stalled(conn, f"its send queue would exceed {conn.queue.hard_limit} bytes")
+        self._stalled(conn, f"its send queue would exceed {queue.hard_limit} bytes")
         return False
 
     def _report(self, error: PodshareError) -> None:
@@ -1341,19 +1358,22 @@ class TcpTransport(Service):
         stats = self._stats
         clock = anyio.current_time
         queue = conn.queue
-        encode = conn.proto.encode
+        # The running backend's Event class, made directly: `anyio.Event()` looks the
+        # backend up on every call, and the writer makes one per wake-up.
+        new_event = type(queue.wakeup)
         try:
             while True:
                 if not queue:
                     conn.flushed.set()
-                    queue.wakeup = anyio.Event()
-                    await queue.wakeup.wait()
+                    wakeup = queue.wakeup = new_event()
+                    await wakeup.wait()
                     continue
-                data = b"".join([encode(body) for body in queue.take()])
-                queue.sending_since = clock()
+                frames = queue.take()
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                queue.sending_since = started = clock()
                 await stream.send(data)
                 queue.sending_since = None
-                conn.last_sent = clock()
+                conn.last_sent = started  # keepalive counts from when the write began
                 stats.bytes_sent += len(data)
         except _CONNECTION_ERRORS as exc:
             self._log.debug("writing to %s failed: %r", conn.info.node_id, exc)
@@ -1385,10 +1405,12 @@ class TcpTransport(Service):
         except DecodeError as exc:
             raise ConfigurationError(str(exc)) from exc
         stats = self._stats
+        # Framed once for every peer; only a MAC (with a secret) is made per connection.
+        frame = encode_frame(body) if self._secret is None else None
         for conn in tuple(self._conns.values()):
             if not conn.proto.peer_subscribes(topic):
                 stats.messages_filtered += 1
-            elif self._send(conn, body):
+            elif self._send(conn, body, frame):
                 stats.messages_sent += 1
         self._deliver(topic, message, None)
         await anyio.lowlevel.checkpoint()
