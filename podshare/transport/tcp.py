@@ -1305,8 +1305,15 @@ class TcpTransport(Service):
         try:
             with conn.scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, conn, stream, tg.cancel_scope)
-                    failure = await self._reader(conn, stream)
+                    # The writer runs shielded and is cancelled only through this scope,
+                    # when the reader ends for any reason: every send checks the scopes
+                    # around it for a cancellation, and this stops that walk at once.
+                    writer_scope = anyio.CancelScope(shield=True)
+                    tg.start_soon(self._writer, conn, stream, tg.cancel_scope, writer_scope)
+                    try:
+                        failure = await self._reader(conn, stream)
+                    finally:
+                        writer_scope.cancel()
                     tg.cancel_scope.cancel()
         finally:
             self._unregister(conn)
@@ -1350,6 +1357,16 @@ class TcpTransport(Service):
                 self._notify_changed()
 
     async def _writer(
+        self,
+        conn: _Connection,
+        stream: anyio.abc.ByteStream,
+        connection_scope: anyio.CancelScope,
+        writer_scope: anyio.CancelScope,
+    ) -> None:
+        with writer_scope:
+            await self._write_loop(conn, stream, connection_scope)
+
+    async def _write_loop(
         self,
         conn: _Connection,
         stream: anyio.abc.ByteStream,
