@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
@@ -91,6 +92,8 @@ _log = logging.getLogger("podshare.transport.tcp")
 _READ_SIZE = 65536
 #: The length prefix of every frame.
 _FRAME_HEADER = 4
+#: Topics whose MESSAGE header is kept encoded (the cache is emptied when full).
+_MESSAGE_HEADERS_CACHED = 256
 #: Errors a connection may end with; anything else is a bug and propagates.
 _CONNECTION_ERRORS = (
     OSError,  # includes ssl.SSLError and ConnectionError
@@ -179,6 +182,20 @@ def _cause(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)  # what anyio's checkpoint does on asyncio
+
+
+def _backend_fast_paths() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
+    """The running backend's clock and checkpoint, as `anyio.current_time` and
+    `anyio.lowlevel.checkpoint` (same clock, same behaviour) without their lookup of
+    the backend on every call: the message path uses them once or twice per write."""
+    loop = anyio.lowlevel.current_token().native_token
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.time, _asyncio_checkpoint
+    return anyio.current_time, anyio.lowlevel.checkpoint
 
 
 def _peer_error(cls: type[PodshareError], address: str, exc: BaseException) -> PodshareError:
@@ -552,6 +569,10 @@ class TcpTransport(Service):
         self._own_nonces: dict[bytes, None] = {}
         self._accept_scopes: list[anyio.CancelScope] = []
         self._changed = anyio.Event()
+        self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        #: Topic -> the MESSAGE body's header for it (kind, length, topic), checked once.
+        self._message_headers: dict[str, bytes] = {}
 
     # -- properties ---------------------------------------------------------------------
 
@@ -611,6 +632,7 @@ class TcpTransport(Service):
         return self.state in ("opening", "open")
 
     async def _open(self) -> None:
+        self._clock, self._checkpoint = _backend_fast_paths()
         if self._listen is not None:
             host, port = parse_address(self._listen)
             try:
@@ -1373,7 +1395,7 @@ class TcpTransport(Service):
         connection_scope: anyio.CancelScope,
     ) -> None:
         stats = self._stats
-        clock = anyio.current_time
+        clock = self._clock
         queue = conn.queue
         # The running backend's Event class, made directly: `anyio.Event()` looks the
         # backend up on every call, and the writer makes one per wake-up.
@@ -1417,10 +1439,16 @@ class TcpTransport(Service):
             )
         if type(message) is not bytes:
             message = bytes(message)  # subscribers always receive bytes
-        try:
-            body = encode_message_body(topic, message)
-        except DecodeError as exc:
-            raise ConfigurationError(str(exc)) from exc
+        header = self._message_headers.get(topic)
+        if header is None:
+            try:
+                header = encode_message_body(topic, b"")
+            except DecodeError as exc:
+                raise ConfigurationError(str(exc)) from exc
+            if len(self._message_headers) >= _MESSAGE_HEADERS_CACHED:
+                self._message_headers.clear()
+            self._message_headers[topic] = header
+        body = header + message
         stats = self._stats
         # Framed once for every peer; only a MAC (with a secret) is made per connection.
         frame = encode_frame(body) if self._secret is None else None
@@ -1430,7 +1458,7 @@ class TcpTransport(Service):
             elif self._send(conn, body, frame):
                 stats.messages_sent += 1
         self._deliver(topic, message, None)
-        await anyio.lowlevel.checkpoint()
+        await self._checkpoint()
 
     def _deliver(self, topic: str, payload: bytes, source: _Connection | None) -> None:
         subs = self._subs.get(topic)
