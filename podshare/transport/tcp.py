@@ -36,7 +36,6 @@ from itertools import chain
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.tls import TLSStream
 
 from podshare._counters import StatsRecord
@@ -73,6 +72,7 @@ from podshare.transport._framing import (
     encode_frame,
     encode_message_body,
 )
+from podshare.transport._inbox import Inbox
 from podshare.transport._tcp_gate import HandshakeGate, RateLimitedLog, Ticket
 from podshare.transport._tcp_queue import SendQueue
 from podshare.transport.base import GapListeners, check_skip
@@ -327,17 +327,17 @@ class _Connection:
 
 
 class _Subscription:
-    """One subscription: its stream, and the peers whose older messages it must skip."""
+    """One subscription: its inbox, and the peers whose older messages it must skip."""
 
-    __slots__ = ("barrier_id", "done", "pending", "send", "skip")
+    __slots__ = ("barrier_id", "done", "inbox", "pending", "skip")
 
     def __init__(
         self,
-        send: MemoryObjectSendStream[bytes],
+        inbox: Inbox,
         barrier_id: int,
         skip: tuple[int, bytes] | None = None,
     ) -> None:
-        self.send = send
+        self.inbox = inbox
         self.barrier_id = barrier_id
         #: (offset, prefix) of this process's own messages the subscriber leaves out.
         self.skip = skip
@@ -694,7 +694,7 @@ class TcpTransport(Service):
     def _end_subscriptions(self) -> None:
         for subs in self._subs.values():
             for sub in subs:
-                sub.send.close()
+                sub.inbox.end()
         self._subs.clear()
         self._topic_bytes = 0
         self._barriers.clear()
@@ -1472,9 +1472,8 @@ class TcpTransport(Service):
             if skip is not None and payload.startswith(skip[1], skip[0]):
                 continue  # the subscriber's own message (subscribe_skipping)
             try:
-                sub.send.send_nowait(payload)
-            except anyio.WouldBlock:
-                dropped = True
+                if not sub.inbox.put(payload):
+                    dropped = True
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 subs.discard(sub)
         if dropped:
@@ -1533,11 +1532,9 @@ class TcpTransport(Service):
             raw = check_topic(topic)
         except DecodeError as exc:
             raise ConfigurationError(str(exc)) from exc
-        send: MemoryObjectSendStream[bytes]
-        receive: MemoryObjectReceiveStream[bytes]
-        send, receive = anyio.create_memory_object_stream[bytes](self._subscription_buffer)
+        inbox = Inbox(self._subscription_buffer)
         self._next_barrier += 1
-        sub = _Subscription(send, self._next_barrier, skip)
+        sub = _Subscription(inbox, self._next_barrier, skip)
         subs = self._subs.get(topic)
         if subs is None:
             subs = self._subs[topic] = set()
@@ -1556,8 +1553,8 @@ class TcpTransport(Service):
                 # view of its messages; the subscription itself is ready now.
                 with anyio.move_on_after(self._handshake_timeout):
                     await sub.done.wait()
-            with receive:
-                yield receive
+            with inbox:
+                yield inbox
         finally:
             self._barriers.pop(sub.barrier_id, None)
             subs = self._subs.get(topic)
@@ -1568,7 +1565,7 @@ class TcpTransport(Service):
                     self._topic_bytes -= len(raw)
                     if self.is_open:
                         self._announce(topic, added=False)
-            send.close()
+            inbox.end()
 
     def __repr__(self) -> str:
         where = self._address or self._listen
