@@ -1343,7 +1343,7 @@ class TcpTransport(Service):
 
     async def _reader(self, conn: _Connection, stream: anyio.abc.ByteStream) -> BaseException:
         """Deliver the peer's messages until the connection fails; return why it did."""
-        clock = anyio.current_time
+        clock = self._clock
         proto = conn.proto
         try:
             while True:
