@@ -39,7 +39,7 @@ class QueueStats(Protocol):
 
 
 class SendQueue:
-    """Frame bodies waiting for one peer's writer, with the stall rule's bookkeeping.
+    """Frames waiting for one peer's writer, with the stall rule's bookkeeping.
 
     Args:
         soft_limit: bytes beyond which the queue counts as over its limit.
@@ -65,8 +65,8 @@ class SendQueue:
     """
 
     __slots__ = (
-        "_bodies",
         "_clock",
+        "_frames",
         "hard_limit",
         "over_since",
         "sending_since",
@@ -86,7 +86,7 @@ class SendQueue:
         self.hard_limit = soft_limit * HARD_LIMIT_FACTOR
         self.stats = stats
         self._clock = clock
-        self._bodies: deque[bytes] = deque()
+        self._frames: deque[bytes] = deque()
         #: Bytes queued (not counting a chunk being written).
         self.size = 0
         #: When the queue went above the soft limit (``None``: it is not above it).
@@ -97,17 +97,21 @@ class SendQueue:
         self.wakeup = anyio.Event()
 
     def __bool__(self) -> bool:
-        return bool(self._bodies)
+        return bool(self._frames)
 
-    def put(self, body: bytes) -> bool:
-        """Queue ``body``; ``False`` (nothing queued) if it would pass the hard limit."""
-        size = self.size + len(body)
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes stay within the hard limit."""
+        return self.size + size <= self.hard_limit
+
+    def put(self, frame: bytes) -> bool:
+        """Queue ``frame``; ``False`` (nothing queued) if it would pass the hard limit."""
+        size = self.size + len(frame)
         if size > self.hard_limit:
             return False
-        self._bodies.append(body)
+        self._frames.append(frame)
         self.size = size
         stats = self.stats
-        stats.queued_bytes += len(body)
+        stats.queued_bytes += len(frame)
         if size > stats.queued_bytes_peak:
             stats.queued_bytes_peak = size
         if size > self.soft_limit and self.over_since is None:
@@ -116,14 +120,14 @@ class SendQueue:
         return True
 
     def take(self, max_bytes: int = WRITE_CHUNK) -> list[bytes]:
-        """Remove and return the oldest bodies, about ``max_bytes`` of them (at least one)."""
-        bodies = self._bodies
+        """Remove and return the oldest frames, about ``max_bytes`` of them (at least one)."""
+        frames = self._frames
         taken: list[bytes] = []
         size = 0
-        while bodies and size < max_bytes:
-            body = bodies.popleft()
-            taken.append(body)
-            size += len(body)
+        while frames and size < max_bytes:
+            frame = frames.popleft()
+            taken.append(frame)
+            size += len(frame)
         self.size -= size
         self.stats.queued_bytes -= size
         if self.over_since is not None and self.size <= self.soft_limit:

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
@@ -35,7 +36,6 @@ from itertools import chain
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.tls import TLSStream
 
 from podshare._counters import StatsRecord
@@ -69,8 +69,10 @@ from podshare.transport._framing import (
     ProtocolEvent,
     State,
     check_topic,
+    encode_frame,
     encode_message_body,
 )
+from podshare.transport._inbox import Inbox
 from podshare.transport._tcp_gate import HandshakeGate, RateLimitedLog, Ticket
 from podshare.transport._tcp_queue import SendQueue
 from podshare.transport.base import GapListeners, check_skip
@@ -88,6 +90,10 @@ __all__ = [
 _log = logging.getLogger("podshare.transport.tcp")
 
 _READ_SIZE = 65536
+#: The length prefix of every frame.
+_FRAME_HEADER = 4
+#: Topics whose MESSAGE header is kept encoded (the cache is emptied when full).
+_MESSAGE_HEADERS_CACHED = 256
 #: Errors a connection may end with; anything else is a bug and propagates.
 _CONNECTION_ERRORS = (
     OSError,  # includes ssl.SSLError and ConnectionError
@@ -176,6 +182,20 @@ def _cause(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)  # what anyio's checkpoint does on asyncio
+
+
+def _backend_fast_paths() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
+    """The running backend's clock and checkpoint, as `anyio.current_time` and
+    `anyio.lowlevel.checkpoint` (same clock, same behaviour) without their lookup of
+    the backend on every call: the message path uses them once or twice per write."""
+    loop = anyio.lowlevel.current_token().native_token
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.time, _asyncio_checkpoint
+    return anyio.current_time, anyio.lowlevel.checkpoint
 
 
 def _peer_error(cls: type[PodshareError], address: str, exc: BaseException) -> PodshareError:
@@ -307,17 +327,17 @@ class _Connection:
 
 
 class _Subscription:
-    """One subscription: its stream, and the peers whose older messages it must skip."""
+    """One subscription: its inbox, and the peers whose older messages it must skip."""
 
-    __slots__ = ("barrier_id", "done", "pending", "send", "skip")
+    __slots__ = ("barrier_id", "done", "inbox", "pending", "skip")
 
     def __init__(
         self,
-        send: MemoryObjectSendStream[bytes],
+        inbox: Inbox,
         barrier_id: int,
         skip: tuple[int, bytes] | None = None,
     ) -> None:
-        self.send = send
+        self.inbox = inbox
         self.barrier_id = barrier_id
         #: (offset, prefix) of this process's own messages the subscriber leaves out.
         self.skip = skip
@@ -549,6 +569,10 @@ class TcpTransport(Service):
         self._own_nonces: dict[bytes, None] = {}
         self._accept_scopes: list[anyio.CancelScope] = []
         self._changed = anyio.Event()
+        self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        #: Topic -> the MESSAGE body's header for it (kind, length, topic), checked once.
+        self._message_headers: dict[str, bytes] = {}
 
     # -- properties ---------------------------------------------------------------------
 
@@ -608,6 +632,7 @@ class TcpTransport(Service):
         return self.state in ("opening", "open")
 
     async def _open(self) -> None:
+        self._clock, self._checkpoint = _backend_fast_paths()
         if self._listen is not None:
             host, port = parse_address(self._listen)
             try:
@@ -669,7 +694,7 @@ class TcpTransport(Service):
     def _end_subscriptions(self) -> None:
         for subs in self._subs.values():
             for sub in subs:
-                sub.send.close()
+                sub.inbox.end()
         self._subs.clear()
         self._topic_bytes = 0
         self._barriers.clear()
@@ -968,11 +993,25 @@ class TcpTransport(Service):
         )
         conn.scope.cancel()
 
-    def _send(self, conn: _Connection, body: bytes) -> bool:
-        """Queue ``body`` for ``conn``; a queue at its hard limit stalls the peer."""
-        if conn.queue.put(body):
+    def _send(self, conn: _Connection, body: bytes, frame: bytes | None = None) -> bool:
+        """Queue ``body`` for ``conn``, framed; a queue at its hard limit stalls the peer.
+
+        ``frame``: ``body`` already framed without a MAC (shared by every connection of
+        a publish when no secret is in use). Frames are encoded here, in queue order, so
+        sequence numbers and MACs follow the order the writer sends them in; nothing is
+        encoded for a peer being dropped (its sequence would have a hole).
+        """
+        if conn.stalled:
+            return False
+        queue = conn.queue
+        if frame is None:
+            proto = conn.proto
+            mac = MAC_SIZE if proto.authenticated else 0
+            if queue.fits(len(body) + _FRAME_HEADER + mac):
+                frame = proto.encode(body)
+        if frame is not None and queue.put(frame):
             return True
-        self._stalled(conn, f"its send queue would exceed {conn.queue.hard_limit} bytes")
+        self._stalled(conn, f"its send queue would exceed {queue.hard_limit} bytes")
         return False
 
     def _report(self, error: PodshareError) -> None:
@@ -1288,8 +1327,15 @@ class TcpTransport(Service):
         try:
             with conn.scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, conn, stream, tg.cancel_scope)
-                    failure = await self._reader(conn, stream)
+                    # The writer runs shielded and is cancelled only through this scope,
+                    # when the reader ends for any reason: every send checks the scopes
+                    # around it for a cancellation, and this stops that walk at once.
+                    writer_scope = anyio.CancelScope(shield=True)
+                    tg.start_soon(self._writer, conn, stream, tg.cancel_scope, writer_scope)
+                    try:
+                        failure = await self._reader(conn, stream)
+                    finally:
+                        writer_scope.cancel()
                     tg.cancel_scope.cancel()
         finally:
             self._unregister(conn)
@@ -1297,7 +1343,7 @@ class TcpTransport(Service):
 
     async def _reader(self, conn: _Connection, stream: anyio.abc.ByteStream) -> BaseException:
         """Deliver the peer's messages until the connection fails; return why it did."""
-        clock = anyio.current_time
+        clock = self._clock
         proto = conn.proto
         try:
             while True:
@@ -1337,23 +1383,36 @@ class TcpTransport(Service):
         conn: _Connection,
         stream: anyio.abc.ByteStream,
         connection_scope: anyio.CancelScope,
+        writer_scope: anyio.CancelScope,
+    ) -> None:
+        with writer_scope:
+            await self._write_loop(conn, stream, connection_scope)
+
+    async def _write_loop(
+        self,
+        conn: _Connection,
+        stream: anyio.abc.ByteStream,
+        connection_scope: anyio.CancelScope,
     ) -> None:
         stats = self._stats
-        clock = anyio.current_time
+        clock = self._clock
         queue = conn.queue
-        encode = conn.proto.encode
+        # The running backend's Event class, made directly: `anyio.Event()` looks the
+        # backend up on every call, and the writer makes one per wake-up.
+        new_event = type(queue.wakeup)
         try:
             while True:
                 if not queue:
                     conn.flushed.set()
-                    queue.wakeup = anyio.Event()
-                    await queue.wakeup.wait()
+                    wakeup = queue.wakeup = new_event()
+                    await wakeup.wait()
                     continue
-                data = b"".join([encode(body) for body in queue.take()])
-                queue.sending_since = clock()
+                frames = queue.take()
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                queue.sending_since = started = clock()
                 await stream.send(data)
                 queue.sending_since = None
-                conn.last_sent = clock()
+                conn.last_sent = started  # keepalive counts from when the write began
                 stats.bytes_sent += len(data)
         except _CONNECTION_ERRORS as exc:
             self._log.debug("writing to %s failed: %r", conn.info.node_id, exc)
@@ -1380,18 +1439,26 @@ class TcpTransport(Service):
             )
         if type(message) is not bytes:
             message = bytes(message)  # subscribers always receive bytes
-        try:
-            body = encode_message_body(topic, message)
-        except DecodeError as exc:
-            raise ConfigurationError(str(exc)) from exc
+        header = self._message_headers.get(topic)
+        if header is None:
+            try:
+                header = encode_message_body(topic, b"")
+            except DecodeError as exc:
+                raise ConfigurationError(str(exc)) from exc
+            if len(self._message_headers) >= _MESSAGE_HEADERS_CACHED:
+                self._message_headers.clear()
+            self._message_headers[topic] = header
+        body = header + message
         stats = self._stats
+        # Framed once for every peer; only a MAC (with a secret) is made per connection.
+        frame = encode_frame(body) if self._secret is None else None
         for conn in tuple(self._conns.values()):
             if not conn.proto.peer_subscribes(topic):
                 stats.messages_filtered += 1
-            elif self._send(conn, body):
+            elif self._send(conn, body, frame):
                 stats.messages_sent += 1
         self._deliver(topic, message, None)
-        await anyio.lowlevel.checkpoint()
+        await self._checkpoint()
 
     def _deliver(self, topic: str, payload: bytes, source: _Connection | None) -> None:
         subs = self._subs.get(topic)
@@ -1405,9 +1472,8 @@ class TcpTransport(Service):
             if skip is not None and payload.startswith(skip[1], skip[0]):
                 continue  # the subscriber's own message (subscribe_skipping)
             try:
-                sub.send.send_nowait(payload)
-            except anyio.WouldBlock:
-                dropped = True
+                if not sub.inbox.put(payload):
+                    dropped = True
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 subs.discard(sub)
         if dropped:
@@ -1466,11 +1532,9 @@ class TcpTransport(Service):
             raw = check_topic(topic)
         except DecodeError as exc:
             raise ConfigurationError(str(exc)) from exc
-        send: MemoryObjectSendStream[bytes]
-        receive: MemoryObjectReceiveStream[bytes]
-        send, receive = anyio.create_memory_object_stream[bytes](self._subscription_buffer)
+        inbox = Inbox(self._subscription_buffer)
         self._next_barrier += 1
-        sub = _Subscription(send, self._next_barrier, skip)
+        sub = _Subscription(inbox, self._next_barrier, skip)
         subs = self._subs.get(topic)
         if subs is None:
             subs = self._subs[topic] = set()
@@ -1489,8 +1553,8 @@ class TcpTransport(Service):
                 # view of its messages; the subscription itself is ready now.
                 with anyio.move_on_after(self._handshake_timeout):
                     await sub.done.wait()
-            with receive:
-                yield receive
+            with inbox:
+                yield inbox
         finally:
             self._barriers.pop(sub.barrier_id, None)
             subs = self._subs.get(topic)
@@ -1501,7 +1565,7 @@ class TcpTransport(Service):
                     self._topic_bytes -= len(raw)
                     if self.is_open:
                         self._announce(topic, added=False)
-            send.close()
+            inbox.end()
 
     def __repr__(self) -> str:
         where = self._address or self._listen

@@ -208,6 +208,37 @@ async def test_message_reaches_every_node_and_the_publisher_once() -> None:
                 assert sorted(got) == sorted(sent)
 
 
+@pytest.mark.parametrize("secret", [None, "shared"], ids=["plain", "secret"])
+async def test_bursts_reach_every_subscribed_peer_whole_with_per_connection_frames(
+    secret: str | None,
+) -> None:
+    # A publish frames its message once for every peer (with a secret, each connection
+    # still gets its own MAC and sequence number): sequential publishes arrive in order,
+    # a burst from many tasks (queued before any writer runs, sent in joined writes)
+    # arrives whole, a peer that does not subscribe gets none, and no frame fails its MAC.
+    async with mesh(4, secret=secret) as nodes:
+        writer, *peers = nodes
+        async with AsyncExitStack() as stack:
+            subs = [await stack.enter_async_context(p.subscribe("ps/t")) for p in peers[:2]]
+            # Entering a subscription waits for each peer's barrier answer, which
+            # follows the peer's reading of the subscription's announcement.
+            assert await writer.remote_subscribers("ps/t") == 2
+            filtered = writer.stats().messages_filtered
+            sent = [b"m%d" % i for i in range(100)]
+            for message in sent:
+                await writer.publish("ps/t", message)
+            for sub in subs:
+                assert [await receive(sub) for _ in sent] == sent
+            burst = [b"b%d" % i for i in range(300)]
+            async with anyio.create_task_group() as tg:
+                for message in burst:
+                    tg.start_soon(writer.publish, "ps/t", message)
+            for sub in subs:
+                assert sorted([await receive(sub) for _ in burst]) == sorted(burst)
+        assert writer.stats().messages_filtered - filtered == len(sent) + len(burst)
+        assert sum(n.stats().auth_failures + n.stats().protocol_errors for n in nodes) == 0
+
+
 async def test_publish_validates_and_refuses_when_closed() -> None:
     async with TcpTransport(max_frame_size=FRAME_OVERHEAD + 100) as node:
         assert node.max_message_size == 100
