@@ -294,14 +294,15 @@ class Hydration:
 
     def wants_full(self, partner: str) -> bool:
         """Whether to ask ``partner`` for everything rather than a digest exchange: when
-        this replica holds nothing, or while it hydrates and holds under half of the keys
-        the partner said it holds (a transfer cut short leaves a few keys: comparing
-        digests over the rest would cost both sides more than sending it)."""
+        this replica holds nothing, or while it hydrates and holds under 90 % of the keys
+        the partner said it holds (a transfer cut short: comparing digests would summarise
+        every key the joiner lacks, which costs both sides more than sending them; a
+        replica loaded from persistence holds about as many and compares digests)."""
         held = len(self._state.entries)
         if not held:
             return True
         peer = self._peers.by_node.get(partner)
-        return self.hydrating and peer is not None and 2 * held < peer.keys
+        return self.hydrating and peer is not None and 10 * held < 9 * peer.keys
 
     def exchange_ended(self, ok: bool, peer: Peer | None, now: int) -> None:
         """An exchange this replica asked for ended (``peer``: its partner, if a known

@@ -163,16 +163,18 @@ def test_replicas_report_full_transfers_they_served_lately() -> None:
 
 
 def test_a_joiner_holding_a_few_keys_still_asks_for_everything() -> None:
-    """A transfer cut short leaves a joiner a few keys: while it hydrates and holds under
-    half of what its partner holds, it asks for a full transfer, not a digest exchange
-    (which would summarise every key on both sides)."""
+    """A transfer cut short leaves a joiner part of the keys: while it hydrates and holds
+    under 90 % of what its partner holds, it asks for a full transfer, not a digest
+    exchange (which would summarise every missing key on both sides)."""
     replica = _joiner()
     replica.receive(_ack("a", 0), NOW)  # "a" holds 100 keys
     for i in range(10):
         replica.local_set(f"k{i}", i, NOW)
     replica.data_to_send()
     assert replica.hydration.wants_full("a")
-    for i in range(10, 60):
+    for i in range(10, 89):
         replica.local_set(f"k{i}", i, NOW)
-    assert not replica.hydration.wants_full("a")  # 60 of 100: compare digests
+    assert replica.hydration.wants_full("a")  # 89 of 100
+    replica.local_set("k89", 89, NOW)
+    assert not replica.hydration.wants_full("a")  # 90 of 100: compare digests
     assert not replica.hydration.wants_full("unknown")
