@@ -37,6 +37,7 @@ from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import nats
 
 from podshare import Store
@@ -89,7 +90,14 @@ class Child:
         args = [sys.executable, __file__, "--role", role, "--url", url]
         for name, value in options.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def tell(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
 
     def line(self) -> Any:
         assert self.process.stdout is not None
@@ -303,8 +311,12 @@ async def throughput_writer(args: argparse.Namespace) -> None:
                 tg.start_soon(write, first)
         if args.mode.startswith("raw"):
             await nc.flush()
+        say(start=start)
+        # Stay until every receiver has every write: a writer that leaves says so (on
+        # the liveness topic) while receivers may still be behind on its writes.
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        if args.mode.startswith("raw"):
             await nc.close()
-    say(start=start)
 
 
 async def kv_puts(args: argparse.Namespace) -> None:
@@ -354,6 +366,7 @@ def throughput(url: str, mode: str, writes: int, concurrency: int) -> float:
     writer = Child(url, "throughput-writer", mode=mode, writes=writes, concurrency=concurrency)
     start = writer.line()["start"]
     finished = max(reader.line()["finished"] for reader in readers)
+    writer.tell("exit")
     for child in (*readers, writer):
         child.wait()
     return writes / ((finished - start) / 1e9)
