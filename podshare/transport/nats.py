@@ -43,6 +43,8 @@ anyio.run(main, backend="asyncio")
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -92,7 +94,7 @@ from podshare.transport.auth import (
     RefusalLog,
     Secret,
 )
-from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
+from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners, check_skip
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -138,6 +140,10 @@ _DELIVERED: Final = 0
 _REFUSED: Final = 1
 _REFUSED_TOO_OLD: Final = 2
 _OVERFLOW: Final = 3
+# Topics whose subject and stream are remembered (node inboxes come and go).
+_MAX_ROUTES: Final = 4096
+# Put into a core subscription's queue when the transport closes: its iterator ends.
+_END: Final = object()
 
 
 def default_stream_config() -> js_api.StreamConfig:
@@ -325,18 +331,36 @@ def stream_name_for(subject: str) -> str:
 
 
 class _Local:
-    """One local subscription: the stream its iterator reads, and its message checks."""
+    """One local subscription: where its messages go, and its message checks.
 
-    __slots__ = ("dropping", "opener", "reported_at", "send", "topic")
+    A JetStream subscription's messages go through ``send`` (a memory stream its
+    iterator reads); a core one's iterator reads its nats-py subscription's queue
+    itself (``sub``), one task hop fewer per message.
+    """
 
-    def __init__(
-        self, topic: str, send: MemoryObjectSendStream[bytes], opener: Opener | None
-    ) -> None:
+    __slots__ = ("closed", "dropping", "opener", "reported_at", "send", "skip", "sub", "topic")
+
+    def __init__(self, topic: str, opener: Opener | None, skip: tuple[int, bytes] | None) -> None:
         self.topic = topic
-        self.send = send
+        self.send: MemoryObjectSendStream[bytes] | None = None
+        self.sub: Subscription | None = None
         self.opener = opener  # checks each message before delivery, with secret=...
+        # (offset, prefix) of the messages left out (subscribe_skipping), or None.
+        self.skip = skip
         self.dropping = False
         self.reported_at = -math.inf
+        self.closed = False
+
+    def close(self) -> None:
+        """End the subscription's iterator (the transport closed)."""
+        self.closed = True
+        if self.send is not None:
+            self.send.close()
+        sub = self.sub
+        if sub is not None:
+            queue: asyncio.Queue[Any] = sub._pending_queue
+            with contextlib.suppress(asyncio.QueueFull):  # a full one is read up to here
+                queue.put_nowait(_END)  # wakes an iterator waiting on an empty queue
 
 
 class _Consumer:
@@ -636,6 +660,9 @@ class NatsTransport(Service):
         self._barriers: dict[bytes, anyio.Event] = {}
         self._uncovered = 0  # core subscriptions whose losses JetStream cannot replay
         self._locals: set[_Local] = set()  # every open subscription
+        self._core_locals: dict[Subscription, _Local] = {}  # the core ones, by nats-py's
+        # topic -> (subject, stream or None): computed once per topic
+        self._routes: dict[str, tuple[str, str | None]] = {}
         self._jetsubs: set[_JetSub] = set()
         self._streams: set[str] = set()  # streams known to exist
         # A reconnect round: open from a reconnect until every consumer has resumed.
@@ -717,7 +744,7 @@ class NatsTransport(Service):
             if jsub.consumer is not None:
                 jsub.consumer.active = False
         for local in self._locals:
-            local.send.close()  # every open subscription's iterator ends
+            local.close()  # every open subscription's iterator ends
         self._changed()
 
     # -- the Transport protocol ------------------------------------------------------
@@ -751,9 +778,22 @@ class NatsTransport(Service):
             >>> tr.stream_for("ps/orders"), tr.stream_for("ps/orders#pod-1")
             ('podshare_ps_orders-25650b04871a', None)
         """
-        if self._stream_template is None or not _is_store_broadcast(topic):
-            return None
-        return stream_name_for(self.subject_for(topic))
+        return self._route(topic)[1]
+
+    def _route(self, topic: str) -> tuple[str, str | None]:
+        """``topic``'s subject and stream (``None``: core NATS), computed once."""
+        route = self._routes.get(topic)
+        if route is None:
+            subject = topic_to_subject(self._prefix, topic)
+            stream = (
+                stream_name_for(subject)
+                if self._stream_template is not None and _is_store_broadcast(topic)
+                else None
+            )
+            route = (subject, stream)
+            if len(self._routes) < _MAX_ROUTES:
+                self._routes[topic] = route
+        return route
 
     async def publish(self, topic: str, message: bytes) -> None:
         """Publish ``message`` on ``topic``'s subject.
@@ -783,10 +823,9 @@ class NatsTransport(Service):
                     f"{_server_list(self._servers)}"
                 )
             raise TransportError(f"not connected to NATS at {self._where()} (reconnecting)")
-        subject = self.subject_for(topic)
+        subject, stream = self._route(topic)
         if self._auth is not None:
             message = self._auth.seal(subject, message, now=time.time())
-        stream = self.stream_for(topic)
         try:
             if stream is None:
                 await nc.publish(subject, message)
@@ -839,7 +878,21 @@ class NatsTransport(Service):
                 ``timeout``, or refused it.
             ClosedError: the transport is closed or was never entered.
         """
-        return self._subscription(topic)
+        return self._subscription(topic, None)
+
+    def subscribe_skipping(
+        self, topic: str, *, prefix: bytes, offset: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """As [`subscribe`][podshare.transport.NatsTransport.subscribe], leaving out the
+        messages whose bytes at ``offset`` start with ``prefix`` (see
+        [`EchoSkipping`][podshare.transport.EchoSkipping]).
+
+        NATS still sends this connection its own publications; they are dropped here,
+        before they wake the subscriber (with ``secret=``, after the message was
+        authenticated). On a JetStream stream a skipped message still counts as
+        delivered: the consumer resumes after it, and it is never taken for a gap.
+        """
+        return self._subscription(topic, check_skip(prefix, offset))
 
     def add_gap_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after each reconnect (once resubscribed) that JetStream
@@ -921,23 +974,25 @@ class NatsTransport(Service):
     # -- subscriptions -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def _subscription(self, topic: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _subscription(
+        self, topic: str, skip: tuple[int, bytes] | None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         self._check_open()
         nc = self._nc
         assert nc is not None
-        subject = self.subject_for(topic)
-        send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
+        subject, stream = self._route(topic)
         opener = self._auth.opener(subject) if self._auth is not None else None
-        local = _Local(topic, send, opener)
-        stream = self.stream_for(topic)
+        local = _Local(topic, opener, skip)
         self._stats.subscriptions += 1
         self._locals.add(local)
         try:
-            with send, receive:
-                if stream is None:
-                    async with self._core(local, subject):
-                        yield _Messages(receive)
-                else:
+            if stream is None:
+                async with self._core(local, subject) as messages:
+                    yield messages
+            else:
+                send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
+                local.send = send
+                with send, receive:
                     async with self._jet(local, subject, stream):
                         yield _Messages(receive)
         finally:
@@ -945,28 +1000,28 @@ class NatsTransport(Service):
             self._stats.subscriptions -= 1
 
     @asynccontextmanager
-    async def _core(self, local: _Local, subject: str) -> AsyncIterator[None]:
+    async def _core(self, local: _Local, subject: str) -> AsyncIterator[_CoreMessages]:
         nc = self._nc
         assert nc is not None
-
-        async def handler(msg: Msg) -> None:
-            self._received(msg)
-            self._deliver_core(local, msg.data)
-
         try:
-            sub = await nc.subscribe(subject, cb=handler)
+            # No callback: the iterator reads the subscription's queue itself. nats-py
+            # drops what does not fit (reported through _nats_error).
+            sub = await nc.subscribe(subject, pending_msgs_limit=self._buffer)
         except _WIRE_ERRORS as exc:
             raise TransportError(
                 f"NATS at {self._where()} refused SUBSCRIBE {subject!r}: {_cause(exc)}"
             ) from exc
+        local.sub = sub
+        self._core_locals[sub] = local
         uncovered = not _replay_not_needed(local.topic)
         self._uncovered += uncovered
         try:
             await self._confirm(subject)
             self._check_open()
-            yield
+            yield _CoreMessages(self, local, sub)
         finally:
             self._uncovered -= uncovered
+            self._core_locals.pop(sub, None)
             with anyio.CancelScope(shield=True):
                 await self._unsubscribe(sub)
 
@@ -1041,8 +1096,13 @@ class NatsTransport(Service):
             except MessageRefused as exc:
                 self._refusals.record(exc, local.topic)
                 return _REFUSED_TOO_OLD if exc.reason == Refusal.TOO_OLD else _REFUSED
+        skip = local.skip
+        if skip is not None and data.startswith(skip[1], skip[0]):
+            return _DELIVERED  # the subscriber's own message (subscribe_skipping)
+        send = local.send
+        assert send is not None  # a JetStream subscription's
         try:
-            local.send.send_nowait(data)
+            send.send_nowait(data)
         except anyio.WouldBlock:
             self._stats.messages_dropped += 1
             return _OVERFLOW
@@ -1051,9 +1111,15 @@ class NatsTransport(Service):
         local.dropping = False
         return _DELIVERED
 
-    def _deliver_core(self, local: _Local, data: bytes) -> None:
-        if self._deliver(local, data) == _OVERFLOW and not local.dropping:
-            local.dropping = True
+    def _core_dropped(self, sub: Subscription | None) -> None:
+        """nats-py dropped a message for a core subscription whose queue was full."""
+        self._stats.messages_dropped += 1
+        local = self._core_locals.get(sub) if sub is not None else None
+        if local is None:
+            _log.warning("nats-py dropped a message for a slow subscription")
+            self._report_gap()
+        elif not local.dropping:
+            local.dropping = True  # until its iterator has caught up
             self._fell_behind(local, "its messages are dropped until it catches up")
             self._report_gap()  # its store must refresh to repair the loss
 
@@ -1404,9 +1470,7 @@ class NatsTransport(Service):
         if self._closing:
             return
         if isinstance(exc, nats.errors.SlowConsumerError):
-            self._stats.messages_dropped += 1
-            _log.warning("nats-py dropped a message for a slow subscription: %s", exc)
-            self._report_gap()
+            self._core_dropped(exc.sub)
             return
         if self._connected and isinstance(exc, nats.errors.UnexpectedEOF | OSError):
             return  # the connection is lost: the disconnected callback reports it
@@ -1495,6 +1559,59 @@ class NatsTransport(Service):
     def _emit(self, callback: Callable[..., object] | None, *args: object) -> None:
         if callback is not None and self.state in ("opening", "open", "closing"):
             self._callbacks.emit(callback, *args)
+
+
+class _CoreMessages:
+    """The async iterator a core subscription yields: it reads nats-py's queue itself.
+
+    Each message is counted, authenticated (with ``secret=``) and checked against the
+    skip prefix here, in the subscriber's task: a message the subscriber would not
+    see never wakes it, and no task sits between nats-py's reader and the subscriber.
+    """
+
+    __slots__ = ("_local", "_queue", "_sub", "_transport")
+
+    def __init__(self, transport: NatsTransport, local: _Local, sub: Subscription) -> None:
+        self._transport = transport
+        self._local = local
+        self._sub = sub
+        self._queue: asyncio.Queue[Any] = sub._pending_queue
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        local = self._local
+        queue = self._queue
+        stats = self._transport._stats
+        opener = local.opener
+        skip = local.skip
+        while True:
+            if local.closed:
+                raise StopAsyncIteration
+            if queue.empty():
+                local.dropping = False  # caught up: a new drop is a new episode
+                msg = await queue.get()
+            else:
+                # Ready at once: still let the other tasks run (as a memory stream does).
+                await anyio.lowlevel.checkpoint()
+                msg = queue.get_nowait()
+            if msg is _END or local.closed:
+                raise StopAsyncIteration
+            data: bytes = msg.data
+            size = len(data)
+            self._sub._pending_size -= size  # nats-py's byte count of what is queued
+            stats.messages_received += 1
+            stats.bytes_received += size
+            if opener is not None:
+                try:
+                    data = opener.open(data, now=time.time())
+                except MessageRefused as exc:
+                    self._transport._refusals.record(exc, local.topic)
+                    continue
+            if skip is not None and data.startswith(skip[1], skip[0]):
+                continue  # the subscriber's own message (subscribe_skipping)
+            return data
 
 
 class _Messages:

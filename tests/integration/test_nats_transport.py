@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from podshare.exceptions import MessageTooLarge, TransportError
 from podshare.testing import check_transport
 from podshare.transport import NatsRemote, NatsTransport
 from podshare.transport.auth import OVERHEAD
+from podshare.transport.base import EchoSkipping
 from podshare.transport.nats import default_stream_config
 from tests._nats import NatsServer, nats_binary
-from tests._support import eventually, free_port
+from tests._support import check_echo_skipping, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +289,31 @@ async def test_closing_ends_open_subscriptions(nats_server: NatsServer) -> None:
         await tr.aclose()
         with anyio.fail_after(TIMEOUT):
             assert [message async for message in messages] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["plain", "secret"])
+async def test_subscribe_skipping_leaves_out_only_its_own_messages(
+    nats_server: NatsServer, jetstream: bool, secret: str | None
+) -> None:
+    prefix = f"test-{secrets.token_hex(4)}"
+    async with (
+        NatsTransport(
+            nats_server.url, subject_prefix=prefix, secret=secret, jetstream=jetstream
+        ) as mine,
+        NatsTransport(
+            nats_server.url, subject_prefix=prefix, secret=secret, jetstream=jetstream
+        ) as theirs,
+    ):
+        assert isinstance(mine, EchoSkipping)
+        # A store's broadcast topic: the one a JetStream stream carries.
+        topic = "ps/echo-skip"
+        assert (mine.stream_for(topic) is not None) == jetstream
+        await check_echo_skipping(mine, theirs, topic)
+        # A skipped message still advanced the consumer's sequence: no resume, no gap.
+        stats = mine.stats()
+        assert (stats.consumers_resumed, stats.gaps_reported, stats.messages_dropped) == (0, 0, 0)
+        if secret is not None:
+            assert stats.auth is not None
+            assert stats.auth.refused == 0
