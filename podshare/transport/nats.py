@@ -140,6 +140,9 @@ _DELIVERED: Final = 0
 _REFUSED: Final = 1
 _REFUSED_TOO_OLD: Final = 2
 _OVERFLOW: Final = 3
+# Barrier inboxes kept subscribed for later publishes (more are made while this many
+# publishes wait at once, and unsubscribed after).
+_MAX_BARRIER_INBOXES: Final = 16
 # Topics whose subject and stream are remembered (node inboxes come and go).
 _MAX_ROUTES: Final = 4096
 # Put into a core subscription's queue when the transport closes: its iterator ends.
@@ -356,11 +359,15 @@ class _Local:
         self.closed = True
         if self.send is not None:
             self.send.close()
-        sub = self.sub
-        if sub is not None:
-            queue: asyncio.Queue[Any] = sub._pending_queue
-            with contextlib.suppress(asyncio.QueueFull):  # a full one is read up to here
-                queue.put_nowait(_END)  # wakes an iterator waiting on an empty queue
+        if self.sub is not None:
+            _wake(self.sub)
+
+
+def _wake(sub: Subscription) -> None:
+    """Wake the task reading ``sub``'s queue (if it waits on an empty one) with `_END`."""
+    queue: asyncio.Queue[Any] = sub._pending_queue
+    with contextlib.suppress(asyncio.QueueFull):  # a full one is read up to here
+        queue.put_nowait(_END)
 
 
 class _Consumer:
@@ -655,9 +662,10 @@ class NatsTransport(Service):
         self._wake: anyio.Event | None = None
         self._confirming = 0  # subscriptions waiting for the server's confirmation
         # Barriers (see _server_has_it): the subject, and the waiters by token.
-        self._barrier_subject: str | None = None
+        # Barrier inboxes (see _server_has_it): free ones, and those waited on now.
         self._barrier_count = 0
-        self._barriers: dict[bytes, anyio.Event] = {}
+        self._barrier_pool: list[tuple[str, Subscription]] = []
+        self._barrier_busy: set[Subscription] = set()
         self._uncovered = 0  # core subscriptions whose losses JetStream cannot replay
         self._locals: set[_Local] = set()  # every open subscription
         self._core_locals: dict[Subscription, _Local] = {}  # the core ones, by nats-py's
@@ -704,8 +712,8 @@ class NatsTransport(Service):
             raise
         self._nc = nc
         try:
-            self._barrier_subject = nc.new_inbox()
-            await nc.subscribe(self._barrier_subject, cb=self._barrier_arrived)
+            inbox = nc.new_inbox()
+            self._barrier_pool.append((inbox, await nc.subscribe(inbox)))
         except _WIRE_ERRORS as exc:
             self._closing = True
             with anyio.CancelScope(shield=True):
@@ -745,6 +753,8 @@ class NatsTransport(Service):
                 jsub.consumer.active = False
         for local in self._locals:
             local.close()  # every open subscription's iterator ends
+        for sub in self._barrier_busy:
+            _wake(sub)  # every publish waiting for its barrier fails now
         self._changed()
 
     # -- the Transport protocol ------------------------------------------------------
@@ -1048,33 +1058,51 @@ class NatsTransport(Service):
     async def _server_has_it(self) -> None:
         """Return once the server has processed everything this connection sent so far.
 
-        A barrier message to the transport's own inbox: the server handles a
+        A barrier message to an inbox of the transport's own: the server handles a
         connection's commands in order, so once the barrier comes back every earlier
         PUB was routed and every earlier SUB registered. (Not nats-py's ``flush()``: its
         PING overtakes the commands still queued, and a flush given up on leaves a
         cancelled future that the late PONG trips over, stopping the client's reader.)
 
+        Each waiter takes an inbox of its own from a pool (subscribed once; a new one
+        when all are taken) and reads that subscription's queue itself, so the
+        barrier wakes it straight from nats-py's reader, with no task in between. A
+        barrier that came too late for an earlier waiter is recognised by its token
+        and skipped.
+
         Raises:
             TimeoutError: the barrier did not come back within ``timeout``.
-            nats.errors.Error: the connection refused the barrier.
+            nats.errors.Error: the connection refused the barrier, or closed.
         """
         nc = self._nc
         assert nc is not None
-        assert self._barrier_subject is not None
+        pool = self._barrier_pool
+        if pool:
+            inbox, sub = pool.pop()
+        else:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)  # registered before the PUB that follows
         self._barrier_count += 1
         token = b"%d" % self._barrier_count
-        arrived = self._barriers[token] = anyio.Event()
+        queue: asyncio.Queue[Any] = sub._pending_queue
+        self._barrier_busy.add(sub)
         try:
-            await nc.publish(self._barrier_subject, token)
+            await nc.publish(inbox, token)
             with anyio.fail_after(self._timeout):
-                await arrived.wait()
+                while True:
+                    msg = await queue.get()
+                    if msg is _END:
+                        raise nats.errors.ConnectionClosedError
+                    sub._pending_size -= len(msg.data)  # nats-py's count of what is queued
+                    if msg.data == token:
+                        return
         finally:
-            self._barriers.pop(token, None)
-
-    async def _barrier_arrived(self, msg: Msg) -> None:
-        event = self._barriers.get(msg.data)
-        if event is not None:
-            event.set()
+            self._barrier_busy.discard(sub)
+            if len(pool) < _MAX_BARRIER_INBOXES and not self._closing:
+                pool.append((inbox, sub))
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._unsubscribe(sub)
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         try:
