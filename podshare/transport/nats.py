@@ -122,6 +122,8 @@ _JS_HEARTBEAT: Final = 5.0
 _JS_MISSED_HEARTBEATS: Final = 3
 # The server deletes an ephemeral consumer nobody listens to after this long (seconds).
 _JS_INACTIVE: Final = 120.0
+# Tokens of a JetStream reply subject in the first format ($JS.ACK.<stream>...).
+_JS_V1_TOKENS: Final = 9
 # JetStream API error codes the transport reacts to.
 _ERR_STREAM_NAME_IN_USE: Final = 10058
 _ERR_SUBJECTS_OVERLAP: Final = 10065
@@ -1327,7 +1329,7 @@ class NatsTransport(Service):
             return
         self._received(msg)
         try:
-            seq = msg.metadata.sequence.stream
+            seq = _stream_sequence(msg.reply)
         except (nats.errors.Error, ValueError, IndexError):
             _log.warning("a message on %s without JetStream metadata: skipped", jsub.subject)
             return
@@ -1658,6 +1660,26 @@ class _Messages:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
+
+
+def _stream_sequence(reply: str) -> int:
+    """The stream sequence a JetStream message's reply subject carries.
+
+    Read from the subject's tokens alone (as nats-py's ``Msg.metadata`` does, without
+    building the rest of the metadata, its timestamp included, for every message).
+
+    Example:
+        >>> _stream_sequence("$JS.ACK.orders.c1.1.42.7.1700000000000000000.0")
+        42
+        >>> _stream_sequence("$JS.ACK._.acc.orders.c1.1.42.7.1700000000000000000.0.x")
+        42
+    """
+    tokens = reply.split(".") if reply else []
+    if len(tokens) < _JS_V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise ValueError(f"not a JetStream reply subject: {reply!r}")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...; the newer format puts
+    # <domain>.<account hash> before <stream>.
+    return int(tokens[5] if len(tokens) == _JS_V1_TOKENS else tokens[7])
 
 
 def _is_store_broadcast(topic: str) -> bool:
