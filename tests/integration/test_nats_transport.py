@@ -317,3 +317,35 @@ async def test_subscribe_skipping_leaves_out_only_its_own_messages(
         if secret is not None:
             assert stats.auth is not None
             assert stats.auth.refused == 0
+
+
+@pytest.mark.anyio
+async def test_a_subscriber_that_falls_behind_loses_messages_and_a_gap_is_reported(
+    nats_server: NatsServer,
+) -> None:
+    errors: list[BaseException] = []
+    gaps: list[None] = []
+    async with (
+        NatsTransport(
+            nats_server.url,
+            subject_prefix=f"test-{secrets.token_hex(4)}",
+            subscription_buffer=1,
+            on_error=errors.append,
+        ) as tr,
+        tr.subscribe("t") as slow,
+        tr.subscribe("t") as fast,
+    ):
+        tr.add_gap_listener(lambda: gaps.append(None))
+        for i in range(3):
+            await tr.publish("t", b"%d" % i)  # back once the server sent it to both
+            assert await _receive(fast, 1) == [b"%d" % i]
+        assert await _receive(slow, 1) == [b"0"]
+        assert tr.stats().messages_dropped == 2
+        assert len(gaps) == 1  # once per episode, not once per dropped message
+        await eventually(lambda: len(errors) == 1, timeout=TIMEOUT)
+        # Caught up: the next message is delivered, and a later drop is a new episode.
+        await tr.publish("t", b"3")
+        assert await _receive(slow, 1) == [b"3"]
+        assert await _receive(fast, 1) == [b"3"]
+    assert isinstance(errors[0], TransportError)
+    assert "fell 1 messages behind" in str(errors[0])
