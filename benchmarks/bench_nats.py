@@ -171,7 +171,7 @@ async def latency_reader(args: argparse.Namespace) -> None:
         elif args.mode == "kv":
             nc = await nats.connect(args.url)
             kv = await nc.jetstream().key_value("bench")
-            watcher = await kv.watch("k")
+            watcher = await kv.watch(f"k{args.tag}")  # a key of its own: no earlier value
             say(ready=True)
             async for entry in watcher:
                 now = time.monotonic_ns()
@@ -220,7 +220,7 @@ async def latency_writer(args: argparse.Namespace) -> None:
             kv = await nc.jetstream().key_value("bench")
 
             async def send(value: dict[str, Any]) -> None:
-                await kv.put("k", json.dumps(value).encode())
+                await kv.put(f"k{args.tag}", json.dumps(value).encode())
 
         elif args.mode == "transport":
             tr = await stack.enter_async_context(_transport(args))
