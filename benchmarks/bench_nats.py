@@ -14,6 +14,11 @@ directory, runs every measurement with writers and readers in processes of their
    hold every write, against one nats-py ``publish`` per write to three subscribers;
    and NATS KV ``put``s/s (each acknowledged by JetStream).
 
+The modes take turns (``--slices`` slices of the latency samples, ``--repeat`` runs of
+each throughput, the median printed), so the load of a shared machine weighs on each
+alike. A ``jetstream=True`` store also persists to NATS KV by default (its transport's
+``default_persistence()``): the JetStream rows include that.
+
 Each sample's send time travels in the message (``time.monotonic_ns``, one clock for every
 process of the machine); the reader acknowledges on a plain subject before the next is
 sent, so latencies never queue. Figures are printed, never asserted (targets: latency <=
@@ -37,6 +42,7 @@ from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import nats
 
 from podshare import Store
@@ -89,7 +95,14 @@ class Child:
         args = [sys.executable, __file__, "--role", role, "--url", url]
         for name, value in options.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def tell(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
 
     def line(self) -> Any:
         assert self.process.stdout is not None
@@ -115,8 +128,13 @@ def pct(samples: list[float], q: float) -> float:
 # -- the roles -----------------------------------------------------------------------------
 
 
-def _transport(url: str, mode: str) -> NatsTransport:
-    return NatsTransport(url, subject_prefix=f"bench-{mode}", jetstream=mode == "podshare-js")
+def _transport(args: argparse.Namespace) -> NatsTransport:
+    # Each repetition has subjects (and so streams) of its own.
+    return NatsTransport(
+        args.url,
+        subject_prefix=f"bench-{args.mode}-{args.tag}",
+        jetstream=args.mode == "podshare-js",
+    )
 
 
 async def latency_reader(args: argparse.Namespace) -> None:
@@ -141,7 +159,7 @@ async def latency_reader(args: argparse.Namespace) -> None:
             await done.wait()
             await nc.close()
         elif args.mode == "transport":
-            tr = await stack.enter_async_context(_transport(args.url, args.mode))
+            tr = await stack.enter_async_context(_transport(args))
             messages = await stack.enter_async_context(tr.subscribe("t"))
             say(ready=True)
             async for message in messages:
@@ -153,7 +171,7 @@ async def latency_reader(args: argparse.Namespace) -> None:
         elif args.mode == "kv":
             nc = await nats.connect(args.url)
             kv = await nc.jetstream().key_value("bench")
-            watcher = await kv.watch("k")
+            watcher = await kv.watch(f"k{args.tag}")  # a key of its own: no earlier value
             say(ready=True)
             async for entry in watcher:
                 now = time.monotonic_ns()
@@ -165,9 +183,9 @@ async def latency_reader(args: argparse.Namespace) -> None:
                     break
             await nc.close()
         else:
-            tr = await stack.enter_async_context(_transport(args.url, args.mode))
+            tr = await stack.enter_async_context(_transport(args))
             store = await stack.enter_async_context(
-                Store("lat", tr, node_id="reader", hydrate_timeout=0.5)
+                Store(f"lat{args.tag}", tr, node_id="reader", hydrate_timeout=0.5)
             )
             events = await stack.enter_async_context(store.watch(key="k"))
             say(ready=True)
@@ -202,18 +220,18 @@ async def latency_writer(args: argparse.Namespace) -> None:
             kv = await nc.jetstream().key_value("bench")
 
             async def send(value: dict[str, Any]) -> None:
-                await kv.put("k", json.dumps(value).encode())
+                await kv.put(f"k{args.tag}", json.dumps(value).encode())
 
         elif args.mode == "transport":
-            tr = await stack.enter_async_context(_transport(args.url, args.mode))
+            tr = await stack.enter_async_context(_transport(args))
 
             async def send(value: dict[str, Any]) -> None:
                 await tr.publish("t", json.dumps(value).encode())
 
         else:
-            tr = await stack.enter_async_context(_transport(args.url, args.mode))
+            tr = await stack.enter_async_context(_transport(args))
             store = await stack.enter_async_context(
-                Store("lat", tr, node_id="writer", hydrate_timeout=0.5)
+                Store(f"lat{args.tag}", tr, node_id="writer", hydrate_timeout=0.5)
             )
 
             async def send(value: dict[str, Any]) -> None:
@@ -250,10 +268,10 @@ async def throughput_reader(args: argparse.Namespace) -> None:
             finished = time.monotonic_ns()
             await nc.close()
         else:
-            tr = await stack.enter_async_context(_transport(args.url, args.mode))
+            tr = await stack.enter_async_context(_transport(args))
             store = await stack.enter_async_context(
                 Store(
-                    "tp",
+                    f"tp{args.tag}",
                     tr,
                     node_id=f"reader-{os.getpid()}",
                     hydrate_timeout=0.5,
@@ -288,9 +306,9 @@ async def throughput_writer(args: argparse.Namespace) -> None:
                     await nc.flush()  # the server has it, as a podshare publish waits for
 
         else:
-            tr = await stack.enter_async_context(_transport(args.url, args.mode))
+            tr = await stack.enter_async_context(_transport(args))
             store = await stack.enter_async_context(
-                Store("tp", tr, node_id="writer", hydrate_timeout=0.5)
+                Store(f"tp{args.tag}", tr, node_id="writer", hydrate_timeout=0.5)
             )
 
             async def write(first: int) -> None:
@@ -303,8 +321,12 @@ async def throughput_writer(args: argparse.Namespace) -> None:
                 tg.start_soon(write, first)
         if args.mode.startswith("raw"):
             await nc.flush()
+        say(start=start)
+        # Stay until every receiver has every write: a writer that leaves says so (on
+        # the liveness topic) while receivers may still be behind on its writes.
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        if args.mode.startswith("raw"):
             await nc.close()
-    say(start=start)
 
 
 async def kv_puts(args: argparse.Namespace) -> None:
@@ -336,10 +358,10 @@ ROLES = {
 # -- the run -------------------------------------------------------------------------------
 
 
-def latency(url: str, mode: str, rounds: int) -> list[float]:
-    reader = Child(url, "latency-reader", mode=mode, rounds=rounds)
+def latency(url: str, mode: str, rounds: int, tag: int) -> list[float]:
+    reader = Child(url, "latency-reader", mode=mode, rounds=rounds, tag=tag)
     reader.line()  # ready
-    writer = Child(url, "latency-writer", mode=mode, rounds=rounds)
+    writer = Child(url, "latency-writer", mode=mode, rounds=rounds, tag=tag)
     writer.line()
     samples: list[float] = reader.line()["samples"]
     reader.wait()
@@ -347,13 +369,16 @@ def latency(url: str, mode: str, rounds: int) -> list[float]:
     return samples
 
 
-def throughput(url: str, mode: str, writes: int, concurrency: int) -> float:
-    readers = [Child(url, "throughput-reader", mode=mode, writes=writes) for _ in range(3)]
+def throughput(url: str, mode: str, writes: int, concurrency: int, tag: int) -> float:
+    readers = [Child(url, "throughput-reader", mode=mode, writes=writes, tag=tag) for _ in range(3)]
     for reader in readers:
         reader.line()  # ready
-    writer = Child(url, "throughput-writer", mode=mode, writes=writes, concurrency=concurrency)
+    writer = Child(
+        url, "throughput-writer", mode=mode, writes=writes, concurrency=concurrency, tag=tag
+    )
     start = writer.line()["start"]
     finished = max(reader.line()["finished"] for reader in readers)
+    writer.tell("exit")
     for child in (*readers, writer):
         child.wait()
     return writes / ((finished - start) / 1e9)
@@ -373,20 +398,29 @@ def main(args: argparse.Namespace) -> None:
 
     with nats_server() as url:
         anyio.run(make_bucket, url)
-        raw = latency(url, "raw", args.rounds)
-        transport = latency(url, "transport", args.rounds)
-        core = latency(url, "podshare", args.rounds)
-        js = latency(url, "podshare-js", args.rounds)
-        kv = latency(url, "kv", args.rounds)
+        # The modes take turns, a slice of the samples (or one throughput run) at a
+        # time, so a change in the machine's load weighs on all of them alike.
+        samples: dict[str, list[float]] = {}
+        modes = ("raw", "transport", "podshare", "podshare-js", "kv")
+        per_slice = max(1, args.rounds // args.slices)
+        for tag in range(args.slices):
+            for mode in modes:
+                samples.setdefault(mode, []).extend(latency(url, mode, per_slice, tag))
+        raw, transport, core, js, kv = (samples[mode] for mode in modes)
         for q, name in ((0.5, "p50"), (0.99, "p99")):
             ratio_row(f"NatsTransport publish->sub {name}", pct(transport, q), pct(raw, q), "us")
             ratio_row(f"set->event {name}, core NATS", pct(core, q), pct(raw, q), "us")
             ratio_row(f"set->event {name}, JetStream", pct(js, q), pct(raw, q), "us")
             ratio_row(f"KV put->watch {name}", pct(kv, q), pct(raw, q), "us")
-        raw_tp = throughput(url, "raw", args.writes, args.concurrency)
-        flushed_tp = throughput(url, "raw-flushed", args.writes, args.concurrency)
-        core_tp = throughput(url, "podshare", args.writes, args.concurrency)
-        js_tp = throughput(url, "podshare-js", args.writes, args.concurrency)
+        rates: dict[str, list[float]] = {}
+        for tag in range(args.repeat):
+            for mode in ("raw", "raw-flushed", "podshare", "podshare-js"):
+                rate = throughput(url, mode, args.writes, args.concurrency, tag)
+                rates.setdefault(mode, []).append(rate)
+        raw_tp, flushed_tp, core_tp, js_tp = (
+            statistics.median(rates[mode])
+            for mode in ("raw", "raw-flushed", "podshare", "podshare-js")
+        )
         ratio_row("writes/s 1 -> 3 processes, core NATS", core_tp, raw_tp, "/s")
         ratio_row("writes/s 1 -> 3 processes, JetStream", js_tp, raw_tp, "/s")
         ratio_row("writes/s core NATS vs publish+flush/write", core_tp, flushed_tp, "/s")
@@ -394,8 +428,9 @@ def main(args: argparse.Namespace) -> None:
         ratio_row("KV puts/s (acknowledged)", kv_rate.line()["rate"], raw_tp, "/s")
         kv_rate.wait()
     print(
-        f"podshare over NATS ({args.rounds} latency samples, {args.writes} writes, "
-        f"{args.concurrency} writer tasks; median raw one-way {statistics.median(raw):.0f} us)"
+        f"podshare over NATS ({per_slice * args.slices} latency samples in {args.slices} "
+        f"interleaved slices; {args.writes} writes, {args.concurrency} writer tasks, median "
+        f"of {args.repeat} interleaved runs; median raw one-way {statistics.median(raw):.0f} us)"
     )
     print(f"{'':44} {'podshare / KV':>16} {'raw nats-py':>16} {'ratio':>8}")
     for what, ours, peer, ratio in rows:
@@ -408,6 +443,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=500, help="latency samples")
     parser.add_argument("--writes", type=int, default=20_000, help="writes for throughput")
     parser.add_argument("--concurrency", type=int, default=256, help="concurrent writer tasks")
+    parser.add_argument("--slices", type=int, default=5, help="latency slices per mode")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per mode")
+    parser.add_argument("--tag", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)

@@ -43,6 +43,8 @@ anyio.run(main, backend="asyncio")
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -92,7 +94,7 @@ from podshare.transport.auth import (
     RefusalLog,
     Secret,
 )
-from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners
+from podshare.transport.base import DEFAULT_MAX_MESSAGE_SIZE, GapListeners, check_skip
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -120,6 +122,8 @@ _JS_HEARTBEAT: Final = 5.0
 _JS_MISSED_HEARTBEATS: Final = 3
 # The server deletes an ephemeral consumer nobody listens to after this long (seconds).
 _JS_INACTIVE: Final = 120.0
+# Tokens of a JetStream reply subject in the first format ($JS.ACK.<stream>...).
+_JS_V1_TOKENS: Final = 9
 # JetStream API error codes the transport reacts to.
 _ERR_STREAM_NAME_IN_USE: Final = 10058
 _ERR_SUBJECTS_OVERLAP: Final = 10065
@@ -138,6 +142,13 @@ _DELIVERED: Final = 0
 _REFUSED: Final = 1
 _REFUSED_TOO_OLD: Final = 2
 _OVERFLOW: Final = 3
+# Barrier inboxes kept subscribed for later publishes (more are made while this many
+# publishes wait at once, and unsubscribed after).
+_MAX_BARRIER_INBOXES: Final = 16
+# Topics whose subject and stream are remembered (node inboxes come and go).
+_MAX_ROUTES: Final = 4096
+# Put into a core subscription's queue when the transport closes: its iterator ends.
+_END: Final = object()
 
 
 def default_stream_config() -> js_api.StreamConfig:
@@ -325,18 +336,40 @@ def stream_name_for(subject: str) -> str:
 
 
 class _Local:
-    """One local subscription: the stream its iterator reads, and its message checks."""
+    """One local subscription: where its messages go, and its message checks.
 
-    __slots__ = ("dropping", "opener", "reported_at", "send", "topic")
+    A JetStream subscription's messages go through ``send`` (a memory stream its
+    iterator reads); a core one's iterator reads its nats-py subscription's queue
+    itself (``sub``), one task hop fewer per message.
+    """
 
-    def __init__(
-        self, topic: str, send: MemoryObjectSendStream[bytes], opener: Opener | None
-    ) -> None:
+    __slots__ = ("closed", "dropping", "opener", "reported_at", "send", "skip", "sub", "topic")
+
+    def __init__(self, topic: str, opener: Opener | None, skip: tuple[int, bytes] | None) -> None:
         self.topic = topic
-        self.send = send
+        self.send: MemoryObjectSendStream[bytes] | None = None
+        self.sub: Subscription | None = None
         self.opener = opener  # checks each message before delivery, with secret=...
+        # (offset, prefix) of the messages left out (subscribe_skipping), or None.
+        self.skip = skip
         self.dropping = False
         self.reported_at = -math.inf
+        self.closed = False
+
+    def close(self) -> None:
+        """End the subscription's iterator (the transport closed)."""
+        self.closed = True
+        if self.send is not None:
+            self.send.close()
+        if self.sub is not None:
+            _wake(self.sub)
+
+
+def _wake(sub: Subscription) -> None:
+    """Wake the task reading ``sub``'s queue (if it waits on an empty one) with `_END`."""
+    queue: asyncio.Queue[Any] = sub._pending_queue
+    with contextlib.suppress(asyncio.QueueFull):  # a full one is read up to here
+        queue.put_nowait(_END)
 
 
 class _Consumer:
@@ -631,11 +664,15 @@ class NatsTransport(Service):
         self._wake: anyio.Event | None = None
         self._confirming = 0  # subscriptions waiting for the server's confirmation
         # Barriers (see _server_has_it): the subject, and the waiters by token.
-        self._barrier_subject: str | None = None
+        # Barrier inboxes (see _server_has_it): free ones, and those waited on now.
         self._barrier_count = 0
-        self._barriers: dict[bytes, anyio.Event] = {}
+        self._barrier_pool: list[tuple[str, Subscription]] = []
+        self._barrier_busy: set[Subscription] = set()
         self._uncovered = 0  # core subscriptions whose losses JetStream cannot replay
         self._locals: set[_Local] = set()  # every open subscription
+        self._core_locals: dict[Subscription, _Local] = {}  # the core ones, by nats-py's
+        # topic -> (subject, stream or None): computed once per topic
+        self._routes: dict[str, tuple[str, str | None]] = {}
         self._jetsubs: set[_JetSub] = set()
         self._streams: set[str] = set()  # streams known to exist
         # A reconnect round: open from a reconnect until every consumer has resumed.
@@ -677,8 +714,8 @@ class NatsTransport(Service):
             raise
         self._nc = nc
         try:
-            self._barrier_subject = nc.new_inbox()
-            await nc.subscribe(self._barrier_subject, cb=self._barrier_arrived)
+            inbox = nc.new_inbox()
+            self._barrier_pool.append((inbox, await nc.subscribe(inbox)))
         except _WIRE_ERRORS as exc:
             self._closing = True
             with anyio.CancelScope(shield=True):
@@ -717,7 +754,9 @@ class NatsTransport(Service):
             if jsub.consumer is not None:
                 jsub.consumer.active = False
         for local in self._locals:
-            local.send.close()  # every open subscription's iterator ends
+            local.close()  # every open subscription's iterator ends
+        for sub in self._barrier_busy:
+            _wake(sub)  # every publish waiting for its barrier fails now
         self._changed()
 
     # -- the Transport protocol ------------------------------------------------------
@@ -751,9 +790,22 @@ class NatsTransport(Service):
             >>> tr.stream_for("ps/orders"), tr.stream_for("ps/orders#pod-1")
             ('podshare_ps_orders-25650b04871a', None)
         """
-        if self._stream_template is None or not _is_store_broadcast(topic):
-            return None
-        return stream_name_for(self.subject_for(topic))
+        return self._route(topic)[1]
+
+    def _route(self, topic: str) -> tuple[str, str | None]:
+        """``topic``'s subject and stream (``None``: core NATS), computed once."""
+        route = self._routes.get(topic)
+        if route is None:
+            subject = topic_to_subject(self._prefix, topic)
+            stream = (
+                stream_name_for(subject)
+                if self._stream_template is not None and _is_store_broadcast(topic)
+                else None
+            )
+            route = (subject, stream)
+            if len(self._routes) < _MAX_ROUTES:
+                self._routes[topic] = route
+        return route
 
     async def publish(self, topic: str, message: bytes) -> None:
         """Publish ``message`` on ``topic``'s subject.
@@ -783,10 +835,9 @@ class NatsTransport(Service):
                     f"{_server_list(self._servers)}"
                 )
             raise TransportError(f"not connected to NATS at {self._where()} (reconnecting)")
-        subject = self.subject_for(topic)
+        subject, stream = self._route(topic)
         if self._auth is not None:
             message = self._auth.seal(subject, message, now=time.time())
-        stream = self.stream_for(topic)
         try:
             if stream is None:
                 await nc.publish(subject, message)
@@ -839,7 +890,21 @@ class NatsTransport(Service):
                 ``timeout``, or refused it.
             ClosedError: the transport is closed or was never entered.
         """
-        return self._subscription(topic)
+        return self._subscription(topic, None)
+
+    def subscribe_skipping(
+        self, topic: str, *, prefix: bytes, offset: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """As [`subscribe`][podshare.transport.NatsTransport.subscribe], leaving out the
+        messages whose bytes at ``offset`` start with ``prefix`` (see
+        [`EchoSkipping`][podshare.transport.EchoSkipping]).
+
+        NATS still sends this connection its own publications; they are dropped here,
+        before they wake the subscriber (with ``secret=``, after the message was
+        authenticated). On a JetStream stream a skipped message still counts as
+        delivered: the consumer resumes after it, and it is never taken for a gap.
+        """
+        return self._subscription(topic, check_skip(prefix, offset))
 
     def add_gap_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after each reconnect (once resubscribed) that JetStream
@@ -921,23 +986,25 @@ class NatsTransport(Service):
     # -- subscriptions -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def _subscription(self, topic: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _subscription(
+        self, topic: str, skip: tuple[int, bytes] | None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         self._check_open()
         nc = self._nc
         assert nc is not None
-        subject = self.subject_for(topic)
-        send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
+        subject, stream = self._route(topic)
         opener = self._auth.opener(subject) if self._auth is not None else None
-        local = _Local(topic, send, opener)
-        stream = self.stream_for(topic)
+        local = _Local(topic, opener, skip)
         self._stats.subscriptions += 1
         self._locals.add(local)
         try:
-            with send, receive:
-                if stream is None:
-                    async with self._core(local, subject):
-                        yield _Messages(receive)
-                else:
+            if stream is None:
+                async with self._core(local, subject) as messages:
+                    yield messages
+            else:
+                send, receive = anyio.create_memory_object_stream[bytes](self._buffer)
+                local.send = send
+                with send, receive:
                     async with self._jet(local, subject, stream):
                         yield _Messages(receive)
         finally:
@@ -945,28 +1012,28 @@ class NatsTransport(Service):
             self._stats.subscriptions -= 1
 
     @asynccontextmanager
-    async def _core(self, local: _Local, subject: str) -> AsyncIterator[None]:
+    async def _core(self, local: _Local, subject: str) -> AsyncIterator[_CoreMessages]:
         nc = self._nc
         assert nc is not None
-
-        async def handler(msg: Msg) -> None:
-            self._received(msg)
-            self._deliver_core(local, msg.data)
-
         try:
-            sub = await nc.subscribe(subject, cb=handler)
+            # No callback: the iterator reads the subscription's queue itself. nats-py
+            # drops what does not fit (reported through _nats_error).
+            sub = await nc.subscribe(subject, pending_msgs_limit=self._buffer)
         except _WIRE_ERRORS as exc:
             raise TransportError(
                 f"NATS at {self._where()} refused SUBSCRIBE {subject!r}: {_cause(exc)}"
             ) from exc
+        local.sub = sub
+        self._core_locals[sub] = local
         uncovered = not _replay_not_needed(local.topic)
         self._uncovered += uncovered
         try:
             await self._confirm(subject)
             self._check_open()
-            yield
+            yield _CoreMessages(self, local, sub)
         finally:
             self._uncovered -= uncovered
+            self._core_locals.pop(sub, None)
             with anyio.CancelScope(shield=True):
                 await self._unsubscribe(sub)
 
@@ -993,33 +1060,51 @@ class NatsTransport(Service):
     async def _server_has_it(self) -> None:
         """Return once the server has processed everything this connection sent so far.
 
-        A barrier message to the transport's own inbox: the server handles a
+        A barrier message to an inbox of the transport's own: the server handles a
         connection's commands in order, so once the barrier comes back every earlier
         PUB was routed and every earlier SUB registered. (Not nats-py's ``flush()``: its
         PING overtakes the commands still queued, and a flush given up on leaves a
         cancelled future that the late PONG trips over, stopping the client's reader.)
 
+        Each waiter takes an inbox of its own from a pool (subscribed once; a new one
+        when all are taken) and reads that subscription's queue itself, so the
+        barrier wakes it straight from nats-py's reader, with no task in between. A
+        barrier that came too late for an earlier waiter is recognised by its token
+        and skipped.
+
         Raises:
             TimeoutError: the barrier did not come back within ``timeout``.
-            nats.errors.Error: the connection refused the barrier.
+            nats.errors.Error: the connection refused the barrier, or closed.
         """
         nc = self._nc
         assert nc is not None
-        assert self._barrier_subject is not None
+        pool = self._barrier_pool
+        if pool:
+            inbox, sub = pool.pop()
+        else:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)  # registered before the PUB that follows
         self._barrier_count += 1
         token = b"%d" % self._barrier_count
-        arrived = self._barriers[token] = anyio.Event()
+        queue: asyncio.Queue[Any] = sub._pending_queue
+        self._barrier_busy.add(sub)
         try:
-            await nc.publish(self._barrier_subject, token)
+            await nc.publish(inbox, token)
             with anyio.fail_after(self._timeout):
-                await arrived.wait()
+                while True:
+                    msg = await queue.get()
+                    if msg is _END:
+                        raise nats.errors.ConnectionClosedError
+                    sub._pending_size -= len(msg.data)  # nats-py's count of what is queued
+                    if msg.data == token:
+                        return
         finally:
-            self._barriers.pop(token, None)
-
-    async def _barrier_arrived(self, msg: Msg) -> None:
-        event = self._barriers.get(msg.data)
-        if event is not None:
-            event.set()
+            self._barrier_busy.discard(sub)
+            if len(pool) < _MAX_BARRIER_INBOXES and not self._closing:
+                pool.append((inbox, sub))
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._unsubscribe(sub)
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         try:
@@ -1041,8 +1126,13 @@ class NatsTransport(Service):
             except MessageRefused as exc:
                 self._refusals.record(exc, local.topic)
                 return _REFUSED_TOO_OLD if exc.reason == Refusal.TOO_OLD else _REFUSED
+        skip = local.skip
+        if skip is not None and data.startswith(skip[1], skip[0]):
+            return _DELIVERED  # the subscriber's own message (subscribe_skipping)
+        send = local.send
+        assert send is not None  # a JetStream subscription's
         try:
-            local.send.send_nowait(data)
+            send.send_nowait(data)
         except anyio.WouldBlock:
             self._stats.messages_dropped += 1
             return _OVERFLOW
@@ -1051,9 +1141,15 @@ class NatsTransport(Service):
         local.dropping = False
         return _DELIVERED
 
-    def _deliver_core(self, local: _Local, data: bytes) -> None:
-        if self._deliver(local, data) == _OVERFLOW and not local.dropping:
-            local.dropping = True
+    def _core_dropped(self, sub: Subscription | None) -> None:
+        """nats-py dropped a message for a core subscription whose queue was full."""
+        self._stats.messages_dropped += 1
+        local = self._core_locals.get(sub) if sub is not None else None
+        if local is None:
+            _log.warning("nats-py dropped a message for a slow subscription")
+            self._report_gap()
+        elif not local.dropping:
+            local.dropping = True  # until its iterator has caught up
             self._fell_behind(local, "its messages are dropped until it catches up")
             self._report_gap()  # its store must refresh to repair the loss
 
@@ -1233,7 +1329,7 @@ class NatsTransport(Service):
             return
         self._received(msg)
         try:
-            seq = msg.metadata.sequence.stream
+            seq = _stream_sequence(msg.reply)
         except (nats.errors.Error, ValueError, IndexError):
             _log.warning("a message on %s without JetStream metadata: skipped", jsub.subject)
             return
@@ -1404,9 +1500,7 @@ class NatsTransport(Service):
         if self._closing:
             return
         if isinstance(exc, nats.errors.SlowConsumerError):
-            self._stats.messages_dropped += 1
-            _log.warning("nats-py dropped a message for a slow subscription: %s", exc)
-            self._report_gap()
+            self._core_dropped(exc.sub)
             return
         if self._connected and isinstance(exc, nats.errors.UnexpectedEOF | OSError):
             return  # the connection is lost: the disconnected callback reports it
@@ -1497,6 +1591,59 @@ class NatsTransport(Service):
             self._callbacks.emit(callback, *args)
 
 
+class _CoreMessages:
+    """The async iterator a core subscription yields: it reads nats-py's queue itself.
+
+    Each message is counted, authenticated (with ``secret=``) and checked against the
+    skip prefix here, in the subscriber's task: a message the subscriber would not
+    see never wakes it, and no task sits between nats-py's reader and the subscriber.
+    """
+
+    __slots__ = ("_local", "_queue", "_sub", "_transport")
+
+    def __init__(self, transport: NatsTransport, local: _Local, sub: Subscription) -> None:
+        self._transport = transport
+        self._local = local
+        self._sub = sub
+        self._queue: asyncio.Queue[Any] = sub._pending_queue
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        local = self._local
+        queue = self._queue
+        stats = self._transport._stats
+        opener = local.opener
+        skip = local.skip
+        while True:
+            if local.closed:
+                raise StopAsyncIteration
+            if queue.empty():
+                local.dropping = False  # caught up: a new drop is a new episode
+                msg = await queue.get()
+            else:
+                # Ready at once: still let the other tasks run (as a memory stream does).
+                await anyio.lowlevel.checkpoint()
+                msg = queue.get_nowait()
+            if msg is _END or local.closed:
+                raise StopAsyncIteration
+            data: bytes = msg.data
+            size = len(data)
+            self._sub._pending_size -= size  # nats-py's byte count of what is queued
+            stats.messages_received += 1
+            stats.bytes_received += size
+            if opener is not None:
+                try:
+                    data = opener.open(data, now=time.time())
+                except MessageRefused as exc:
+                    self._transport._refusals.record(exc, local.topic)
+                    continue
+            if skip is not None and data.startswith(skip[1], skip[0]):
+                continue  # the subscriber's own message (subscribe_skipping)
+            return data
+
+
 class _Messages:
     """The async iterator a subscription yields: the messages of one topic, in order."""
 
@@ -1513,6 +1660,26 @@ class _Messages:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
+
+
+def _stream_sequence(reply: str) -> int:
+    """The stream sequence a JetStream message's reply subject carries.
+
+    Read from the subject's tokens alone (as nats-py's ``Msg.metadata`` does, without
+    building the rest of the metadata, its timestamp included, for every message).
+
+    Example:
+        >>> _stream_sequence("$JS.ACK.orders.c1.1.42.7.1700000000000000000.0")
+        42
+        >>> _stream_sequence("$JS.ACK._.acc.orders.c1.1.42.7.1700000000000000000.0.x")
+        42
+    """
+    tokens = reply.split(".") if reply else []
+    if len(tokens) < _JS_V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise ValueError(f"not a JetStream reply subject: {reply!r}")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...; the newer format puts
+    # <domain>.<account hash> before <stream>.
+    return int(tokens[5] if len(tokens) == _JS_V1_TOKENS else tokens[7])
 
 
 def _is_store_broadcast(topic: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from podshare.exceptions import MessageTooLarge, TransportError
 from podshare.testing import check_transport
 from podshare.transport import NatsRemote, NatsTransport
 from podshare.transport.auth import OVERHEAD
+from podshare.transport.base import EchoSkipping
 from podshare.transport.nats import default_stream_config
 from tests._nats import NatsServer, nats_binary
-from tests._support import eventually, free_port
+from tests._support import check_echo_skipping, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +289,63 @@ async def test_closing_ends_open_subscriptions(nats_server: NatsServer) -> None:
         await tr.aclose()
         with anyio.fail_after(TIMEOUT):
             assert [message async for message in messages] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["plain", "secret"])
+async def test_subscribe_skipping_leaves_out_only_its_own_messages(
+    nats_server: NatsServer, jetstream: bool, secret: str | None
+) -> None:
+    prefix = f"test-{secrets.token_hex(4)}"
+    async with (
+        NatsTransport(
+            nats_server.url, subject_prefix=prefix, secret=secret, jetstream=jetstream
+        ) as mine,
+        NatsTransport(
+            nats_server.url, subject_prefix=prefix, secret=secret, jetstream=jetstream
+        ) as theirs,
+    ):
+        assert isinstance(mine, EchoSkipping)
+        # A store's broadcast topic: the one a JetStream stream carries.
+        topic = "ps/echo-skip"
+        assert (mine.stream_for(topic) is not None) == jetstream
+        await check_echo_skipping(mine, theirs, topic)
+        # A skipped message still advanced the consumer's sequence: no resume, no gap.
+        stats = mine.stats()
+        assert (stats.consumers_resumed, stats.gaps_reported, stats.messages_dropped) == (0, 0, 0)
+        if secret is not None:
+            assert stats.auth is not None
+            assert stats.auth.refused == 0
+
+
+@pytest.mark.anyio
+async def test_a_subscriber_that_falls_behind_loses_messages_and_a_gap_is_reported(
+    nats_server: NatsServer,
+) -> None:
+    errors: list[BaseException] = []
+    gaps: list[None] = []
+    async with (
+        NatsTransport(
+            nats_server.url,
+            subject_prefix=f"test-{secrets.token_hex(4)}",
+            subscription_buffer=1,
+            on_error=errors.append,
+        ) as tr,
+        tr.subscribe("t") as slow,
+        tr.subscribe("t") as fast,
+    ):
+        tr.add_gap_listener(lambda: gaps.append(None))
+        for i in range(3):
+            await tr.publish("t", b"%d" % i)  # back once the server sent it to both
+            assert await _receive(fast, 1) == [b"%d" % i]
+        assert await _receive(slow, 1) == [b"0"]
+        assert tr.stats().messages_dropped == 2
+        assert len(gaps) == 1  # once per episode, not once per dropped message
+        await eventually(lambda: len(errors) == 1, timeout=TIMEOUT)
+        # Caught up: the next message is delivered, and a later drop is a new episode.
+        await tr.publish("t", b"3")
+        assert await _receive(slow, 1) == [b"3"]
+        assert await _receive(fast, 1) == [b"3"]
+    assert isinstance(errors[0], TransportError)
+    assert "fell 1 messages behind" in str(errors[0])
