@@ -564,6 +564,14 @@ class Replica(Generic[T]):
         if peer is None or not peer.up or peer.nonce != msg.nonce:
             peer = self.peers.heard(sender, msg.nonce, now, synced=self.hydration.synced)
             if peer is None:
+                if type(msg) is _Writes:
+                    # Writes still count when their sender is not taken as a peer: a
+                    # receiver that is behind may see a writer's goodbye (on the liveness
+                    # topic) before its last batches; the state refuses the ephemeral
+                    # entries of a life that is over.
+                    self._on_writes(msg, now)
+                    if state.retracted:
+                        self._retract_previous_life(now)
                 return
         if type(msg) is _Writes:
             entries = msg.entries

@@ -1222,3 +1222,25 @@ def test_a_twin_seen_on_a_store_topic_is_not_taken_for_this_process() -> None:
     twin = replica(nonce=6)
     twin.receive(out.data, T0)
     assert twin.values == {"k": 1}
+
+
+def test_a_writers_last_batch_after_its_goodbye_still_applies() -> None:
+    """A receiver behind on the store topic may learn that a writer left (liveness is
+    another topic) before it reads the writer's last batches: those writes still apply;
+    the writer's ephemeral entries of the life that is over do not."""
+    over: set[tuple[str, int]] = set()
+
+    def liveness(node: str, nonce: int) -> bool | None:
+        return (node, nonce) not in over
+
+    writer, receiver = replica("w"), replica("r", liveness=liveness)
+    writer.local_set("first", 1, T0)
+    deliver(writer, receiver)
+    writer.local_set("last", 2, T0 + 1)
+    writer.local_set("route", "pod-w", T0 + 1, ephemeral=True)
+    late = writer.data_to_send()
+    over.add(("w", writer.nonce))  # the goodbye overtook the batch
+    receiver.node_event(MemberEvent("down", "w", writer.nonce), T0 + 2)
+    for o in late:
+        receiver.receive(o.data, T0 + 3)
+    assert receiver.values == {"first": 1, "last": 2}
