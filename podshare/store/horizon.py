@@ -99,8 +99,13 @@ class Horizon:
         """Whether every write ``origin`` stamped at or before ``time`` is held here."""
         if time <= SEED_TIME:
             return False  # a seeded entry, not a write: it fills what is missing
-        if origin == self.node_id and self._unique and time >= self.started_at:
-            return True  # this incarnation's own writes are applied when made
+        if origin == self.node_id:
+            if not self._unique:
+                # Another process writes under this id: what this node saw of "its own"
+                # writes says nothing of the other's (refusing one would lose it).
+                return False
+            if time >= self.started_at:
+                return True  # this incarnation's own writes are applied when made
         seen = self.seen.get(origin)
         return time <= (seen if seen is not None else now - self._hard_cap)
 

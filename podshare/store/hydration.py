@@ -73,6 +73,7 @@ class Hydration:
         "hello_at",
         "hello_backoff",
         "hydrating",
+        "rejoining",
         "synced",
         "unsynced_answers",
     )
@@ -122,6 +123,8 @@ class Hydration:
         self.evidence_others: int | None = None
         #: When the joiner stops waiting for more answers (None: not waiting).
         self.collect_at: int | None = None
+        #: A synced replica with nobody to sync with asked who is there (see `rejoin`).
+        self.rejoining = False
 
     def start(self, now: int) -> None:
         """Start joining: ask the store's synced peers (a broadcast hello)."""
@@ -130,6 +133,25 @@ class Hydration:
         self.hydrating = True
         self.hello_backoff = self._window
         self._send_hello(now)
+
+    def rejoin(self, now: int) -> None:
+        """A synced replica has a repair to make but knows no peer to ask (its hello
+        went out before its transport reached anyone, say): ask who is there. The first
+        synced replica to answer is asked for an exchange; answering also makes the
+        others know this replica."""
+        if not self.synced or self.hydrating:
+            return
+        self.rejoining = True
+        msg = wire.Hello(
+            self._node_id,
+            self._nonce,
+            now,
+            True,
+            True,
+            len(self._state.entries),
+            self._commitment,
+        )
+        self._broadcast(wire.encode(msg))
 
     def _send_hello(self, now: int) -> None:
         msg = wire.Hello(
@@ -258,6 +280,10 @@ class Hydration:
         peer.synced = msg.synced
         peer.transfers = msg.transfers
         peer.keys = msg.keys
+        if self.rejoining and msg.synced and not self._sync.requesting():
+            self.rejoining = False
+            self._sync.start(msg.sender, now, full=self.wants_full(msg.sender))
+            return
         if not self.hydrating:
             return
         if msg.synced:

@@ -689,6 +689,7 @@ class Replica(Generic[T]):
             return None
         chosen = peer if peer is not None else self.peers.choose(now)
         if chosen is None:
+            self.hydration.rejoin(now)  # nobody known: ask who is there
             return None
         self.sync.start(chosen, now, full=self.hydration.wants_full(chosen))
         return chosen

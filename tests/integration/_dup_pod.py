@@ -51,21 +51,31 @@ async def main(kind: str, a: str, b: str, tag: str, peer_tag: str) -> None:
             persistence=False,
             hydrate_timeout=2.0,
         )
-        async with store, store.watch() as events:
+        async with store, store.watch(buffer=4 * KEYS) as events:
             for i in range(KEYS):
                 await store.set(f"{tag}-{i}", i)
-            with anyio.fail_after(30):
-                if not want <= set(store.keys()):
-                    async for _ in events:
-                        if want <= set(store.keys()):
-                            break
-                await reported.wait()
+            try:
+                with anyio.fail_after(30):
+                    if not want <= set(store.keys()):
+                        async for _ in events:
+                            if want <= set(store.keys()):
+                                break
+                    if not want <= set(store.keys()):
+                        raise RuntimeError("the watch ended before every key arrived")
+                    await reported.wait()
+            except TimeoutError:
+                missing = sorted(want - set(store.keys()))
+                print(f"timed out: missing {missing}, reported {reports[:1]}", file=sys.stderr)
+                print(f"stats {store.stats()}", file=sys.stderr)
+                raise
             print(
                 json.dumps(
                     {
                         "keys": sorted(store.keys()),
                         "duplicates": store.stats().duplicate_node_ids,
                         "reported": reports[:1],
+                        "refused": store.stats().writes_refused,
+                        "stale": store.stats().writes_stale,
                     }
                 ),
                 flush=True,

@@ -54,7 +54,7 @@ def _run_pair(args_a: list[str], args_b: list[str]) -> list[dict[str, object]]:
 def _check(results: list[dict[str, object]]) -> None:
     expected = sorted(f"{t}-{i}" for t in ("a", "b") for i in range(50))
     for result in results:
-        assert result["keys"] == expected  # both processes' writes, on both
+        assert result["keys"] == expected, result  # both processes' writes, on both
         duplicates = result["duplicates"]
         assert isinstance(duplicates, int)
         assert duplicates >= 1

@@ -29,6 +29,19 @@ def test_holds_what_was_merged_and_nothing_later() -> None:
     assert not h.holds("b", 5_001, now=5_000 + CAP - 1)
 
 
+def test_once_another_process_shares_the_id_no_write_of_that_id_is_held() -> None:
+    # What this node saw of its id's writes says nothing of the other process's: holding
+    # them would refuse (and make its peers forget) the other's writes.
+    h = horizon()
+    h.advance("me", START + 800, now=START + 900)
+    h.merge([("me", START + 900)], now=START + 900)
+    assert h.holds("me", START + 500, now=START + 900)
+    h.disown()
+    assert not h.holds("me", START + 500, now=START + 900)
+    assert not h.holds("me", START - 1, now=START + 900)
+    assert h.holds("b", SEED_TIME, now=START) is False  # seeds never held, as before
+
+
 def test_own_writes_of_this_incarnation_are_held() -> None:
     h = horizon()
     assert h.holds("me", START, now=START)
