@@ -84,7 +84,8 @@ class Partition:
     def long(self, now: int) -> bool:
         """Whether it outlasted the TTL (so tombstones on one side may be gone)."""
         end = self.ended if self.ended is not None else now
-        return end - self.started > TTL
+        # A tombstone may go once the other side is known down (down_after) for the TTL.
+        return end - self.started > TTL + LIVENESS.down_after_ms
 
 
 @dataclass
@@ -120,6 +121,8 @@ class _Cluster(RuleBasedStateMachine):
         self.partitions: list[Partition] = []
         self.next_sync = 0
         self.checks = 0
+        #: Node ids that two processes have shared.
+        self.duplicated: set[str] = set()
 
     # --- setup --------------------------------------------------------------------
 
@@ -166,6 +169,12 @@ class _Cluster(RuleBasedStateMachine):
     def outlast_the_ttl(self) -> None:
         """A partition goes on for longer than ``tombstone_ttl``: tombstones get compacted."""
         self._advance(LONG_MS)
+
+    @precondition(lambda self: self.partition_now is not None)
+    @rule()
+    def nearly_the_ttl(self) -> None:
+        """A partition lasts just past the TTL, too short to take the other side down for it."""
+        self._advance(TTL + LIVENESS.down_after_ms // 4)
 
     def _advance(self, ms: int) -> None:
         net = self.net
@@ -247,6 +256,7 @@ class _Cluster(RuleBasedStateMachine):
         if self.partition_now is not None:
             self._heal(False)
         existing = self.net.nodes[node]
+        self.duplicated.add(node)
         self.net.add(node, clock_offset_ms=existing.clock_offset_ms)
         self.net.settle()
 
@@ -318,6 +328,20 @@ class LwwMachine(_Cluster):
         self.net.delete(proc, key)
         self.record(proc, key, None)
 
+    @precondition(lambda self: self.partition_now is None)
+    @rule(data=st.data(), key=st.sampled_from(KEYS), value=st.integers(0, 20))
+    def delete_across_a_long_partition(self, data: st.DataObject, key: str, value: int) -> None:
+        """A key written and replicated, then deleted on one side of a partition that
+        outlasts the TTL: the other side's copy must not come back at the heal."""
+        writer = data.draw(st.sampled_from(self.procs()))
+        self.net.set(writer, key, value)
+        self.record(writer, key, value)
+        self.partition(data)
+        deleter = data.draw(st.sampled_from(self.procs()))
+        self.net.delete(deleter, key)
+        self.record(deleter, key, None)
+        self._advance(LONG_MS)
+
     @precondition(
         lambda self: len(self.net.nodes) > len({n.node_id for n in self.net.nodes.values()})
     )
@@ -358,7 +382,7 @@ class LwwMachine(_Cluster):
     @rule(
         data=st.data(),
         key=st.sampled_from(KEYS),
-        where=st.sampled_from(["top", "top-time", "far", "within"]),
+        where=st.sampled_from(["top", "top-time", "far", "within", "capped"]),
     )
     def extreme_stamp(self, data: st.DataObject, key: str, where: str) -> None:
         """A forged write stamped at or near the wire's range limits reaches one replica.
@@ -366,7 +390,8 @@ class LwwMachine(_Cluster):
         At the top of the range, or further ahead than twice ``max_clock_skew``: refused
         and counted. ``max_clock_skew`` ahead with the largest counter (within the bound
         on every replica, whatever their skew): applied like any write (it wins until
-        time catches up). The clock never follows past ``max_clock_skew``.
+        time catches up). 70 s ahead: applied, and the clock follows it only to
+        ``max_clock_skew``. The clock never follows past ``max_clock_skew``.
         """
         proc = data.draw(st.sampled_from(self.procs()))
         replica = self.net.nodes[proc].replica
@@ -376,12 +401,13 @@ class LwwMachine(_Cluster):
             "top-time": Stamp(MAX_TIME, 0, GHOST),
             "far": Stamp(now + 2 * SKEW + 1, MAX_COUNTER, GHOST),
             "within": Stamp(now + SKEW, MAX_COUNTER, GHOST),
+            "capped": Stamp(now + SKEW + 10_000, 0, GHOST),
         }[where]
         value = f"forged-{where}"
         refused_before = replica.snapshot_stats().stamps_refused
         self.inject(proc, wire.make_entry(key, stamp, 0, self.net.codec.encode(value)))
         refused = replica.snapshot_stats().stamps_refused - refused_before
-        if where == "within":
+        if where in ("within", "capped"):
             assert refused == 0
             if replica.entry_stamp(key) == stamp:
                 self.record(proc, key, value)
@@ -410,6 +436,10 @@ class LwwMachine(_Cluster):
             allowed = [
                 o for o in ops if o.partition is p and o.group != win.group and o.value is not None
             ]
+        if win.value is None and self.duplicated:
+            # Once two processes share a node id, neither vouches for the writes stamped
+            # with it (`Horizon.disown`): such a write deleted and compacted may come back.
+            allowed += [o for o in ops if o.value is not None and o.stamp.origin in self.duplicated]
         return win, allowed
 
     def check(self, values: dict[str, Any]) -> None:
