@@ -201,7 +201,7 @@ class _Cluster(RuleBasedStateMachine):
         net = self.net
         faults = net.drop, net.duplicate, net.reorder
         net.drop = net.duplicate = net.reorder = 0.0
-        net.run()
+        net.advance(1)  # a vector covers a writer's writes up to the millisecond before its clock
         net.sync_all(rounds=1)
         net.drop, net.duplicate, net.reorder = faults
         procs = self.procs()
