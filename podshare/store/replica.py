@@ -50,7 +50,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from podshare.crdt.clock import HLC, Stamp
+from podshare.crdt.clock import HLC, MAX_COUNTER, Stamp
 from podshare.crdt.merger import Merger
 from podshare.exceptions import (
     ConfigurationError,
@@ -363,6 +363,23 @@ class Replica(Generic[T]):
 
     # --- local writes --------------------------------------------------------------------
 
+    def _stamp_for(self, key: str) -> Stamp:
+        """The stamp of a last-writer-wins write to ``key``: the clock's, unless the
+        key holds a later one (a write from a clock ahead, which the clock follows only
+        to ``max_clock_skew``): then just after it, so the write made after it wins on
+        every replica instead of losing to it."""
+        stamp = self._clock.now()
+        cur = self.state.entries.get(key)
+        if cur is None or (cur.time, cur.counter, cur.origin) < (
+            stamp.time,
+            stamp.counter,
+            stamp.origin,
+        ):
+            return stamp
+        if cur.counter < MAX_COUNTER:
+            return Stamp(cur.time, cur.counter + 1, self.node_id)
+        return Stamp(cur.time + 1, 0, self.node_id)
+
     def _entry_for(
         self, key: str, value: T, *, ephemeral: bool, ttl_ms: int | None
     ) -> tuple[WireEntry, bytes]:
@@ -374,7 +391,7 @@ class Replica(Generic[T]):
             flags |= EPHEMERAL
         if ttl_ms is not None:
             flags |= EXPIRING
-        stamp = self._clock.now()
+        stamp = self._stamp_for(key)
         expires = stamp.time + ttl_ms if ttl_ms is not None else None
         entry = make_entry(
             key,
@@ -467,11 +484,11 @@ class Replica(Generic[T]):
         Returns whether the key was live.
         """
         self.state.now = now
-        stamp = self._clock.now()
         if self.merger is not None:
+            stamp = self._clock.now()
             entry = make_entry(key, stamp, TOMBSTONE | MERGED, None, stamp)
         else:
-            entry = make_entry(key, stamp, TOMBSTONE, None)
+            entry = make_entry(key, self._stamp_for(key), TOMBSTONE, None)
         was_live = self.state.delete_local(entry)
         self.outbox.pending[key] = (entry, None)
         return was_live

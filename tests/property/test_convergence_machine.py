@@ -306,6 +306,7 @@ class LwwMachine(_Cluster):
         self.ops: dict[str, list[Op]] = {}
         #: Forged entries that must be refused everywhere (their key must never hold them).
         self.refused: set[bytes] = set()
+        self.probes = 0  # clock probes written (each on a key of its own)
 
     def record(self, proc: str, key: str, value: Any) -> None:
         stamp = self.net.nodes[proc].replica.entry_stamp(key)
@@ -418,11 +419,15 @@ class LwwMachine(_Cluster):
             event(f"{where} stamp refused" if refused else f"{where} stamp ignored")
             self.refused.add(self.net.codec.encode(value))
         # The clock followed at most max_clock_skew past the wall clock.
-        self.net.set(proc, "clock-probe", 0)
-        probe = replica.entry_stamp("clock-probe")
+        # A fresh key each time: a write to a key holding a later stamp is stamped just
+        # after that stamp, not by the clock.
+        self.probes += 1
+        probe_key = f"clock-probe-{self.probes}"
+        self.net.set(proc, probe_key, 0)
+        probe = replica.entry_stamp(probe_key)
         assert probe is not None
         assert probe.time <= now + SKEW + 1
-        self.record(proc, "clock-probe", 0)
+        self.record(proc, probe_key, 0)
 
     def expected(self, key: str) -> tuple[Op | None, list[Op]]:
         """The winning op of ``key`` and the others the documented exception allows."""

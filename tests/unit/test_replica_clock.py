@@ -60,3 +60,27 @@ def test_a_write_after_a_sync_wins_in_the_same_millisecond() -> None:
     a.local_set("k", "after the sync", T)
     _pump(a, b)
     assert a.values == {"k": "after the sync"} == b.values
+
+
+def test_a_write_after_an_entry_from_a_clock_ahead_wins_everywhere() -> None:
+    """The clock follows a remote stamp only to max_clock_skew, but a write made after
+    an entry stamped further ahead (accepted: within twice the skew) still wins: it is
+    stamped just after that entry, on every replica, and the clock is not dragged."""
+    from podshare.crdt import Stamp
+    from podshare.store import wire
+
+    a, b = _pair()
+    ahead = T + 90_000  # beyond max_clock_skew (60 s), within twice it
+    forged = wire.make_entry("k", Stamp(ahead, 3, "c"), 0, b'"from a fast clock"')
+    batch = wire.encode(wire.Writes("c", 9, ahead, [forged]))
+    a.receive(batch, T)
+    assert a.values == {"k": "from a fast clock"}
+    a.local_set("k", "after it", T)
+    a.local_delete("gone", T)
+    assert a.values == {"k": "after it"}
+    b.receive(batch, T)  # b saw the entry from the fast clock too
+    _pump(a, b)
+    assert a.values == b.values == {"k": "after it"}
+    a.local_set("fresh", 1, T)  # a key with nothing ahead: the clock's own stamp
+    _pump(a, b)
+    assert b.values["fresh"] == 1
