@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from podshare.exceptions import PodshareError
 from podshare.store import wire
@@ -206,6 +207,10 @@ class LivenessAgent:
             delay = (membership.next_deadline() - _now_ms()) / 1000
             if delay > 0:
                 await anyio.sleep(delay)
+            else:
+                # Never a loop without a checkpoint: a core whose deadline did not move
+                # (it left, say) must not starve the event loop and its cancellation.
+                await anyio.lowlevel.checkpoint()
             now = _now_ms()
             membership.tick(now)
             self._after(now)

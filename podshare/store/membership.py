@@ -299,7 +299,9 @@ class Membership:
         return max(opts.heartbeat_interval_ms, fleet_ms)
 
     def next_deadline(self) -> int:
-        """When `tick()` is next due."""
+        """When `tick()` is next due (after the goodbye: nothing is, for an hour)."""
+        if self._left:
+            return self._now + 3_600_000
         return min(self._next_probe, self._next_beacon)
 
     # --- inputs ----------------------------------------------------------------------

@@ -510,3 +510,16 @@ def test_probes_follow_the_monitors_option(monitors: int) -> None:
     f.log.clear()
     f.advance(100, step=100)
     assert len(f.sent(wire.Ping)) == 5 * monitors
+
+
+def test_after_the_goodbye_nothing_is_due() -> None:
+    """A core that left must not stay due: its driver's ticker would loop on it (and a
+    loop that never sleeps starves the event loop, its cancellation included)."""
+    core = Membership("me", 1, token=bytes(16), options=OPTS, now=T0, max_message_size=1 << 20)
+    core.tick(T0)
+    core.leave(T0 + 10)
+    core.data_to_send()
+    for now in (T0 + 10, T0 + 5_000, T0 + 60_000):
+        core.tick(now)
+        assert core.next_deadline() > now + 1_000_000
+        assert core.data_to_send() == []
