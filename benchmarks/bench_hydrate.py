@@ -38,19 +38,14 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from _common import redis_server
 
 CASES: dict[str, tuple[int, int, float]] = {  # name: (keys, value bytes, target seconds)
     "10k x 1KB": (10_000, 1000, 5.0),
@@ -62,43 +57,6 @@ PROFILE_SEED = os.environ.get("BENCH_PROFILE_SEED", "1") != "0"  # with --profil
 JOIN_TIMEOUT = float(
     os.environ.get("BENCH_JOIN_TIMEOUT", 120)
 )  # a joiner that is not complete by then reports what it holds
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server (default configuration) on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not on PATH")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
-            [
-                *(binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir),
-                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:  # readiness of a child process: poll its port, bounded
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                        conn.sendall(b"PING\r\n")
-                        if conn.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit("redis-server did not start")
-                time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.kill()
-            process.wait()
 
 
 def make_transport(kind: str, target: str, *, seed: bool) -> Any:

@@ -44,6 +44,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import nats
+from _common import pct
 
 from podshare import Store
 from podshare.transport import NatsTransport
@@ -118,11 +119,6 @@ class Child:
 
 def say(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # -- the roles -----------------------------------------------------------------------------
